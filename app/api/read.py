@@ -1,0 +1,384 @@
+"""Read API: leads, accounts and decisions, with scores evaluated at request time."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Path, Query
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.api.deps import PolicyDep, RuntimeDep, SessionDep
+from app.api.views import (
+    AccountRef,
+    AccountView,
+    DecisionList,
+    DecisionView,
+    DeliveryAttemptView,
+    DeliveryView,
+    FitItem,
+    LeadList,
+    LeadSummary,
+    LeadView,
+    Score,
+    SignalItem,
+)
+from app.auth import ReadKey
+from app.clock import iso
+from app.db import accounts, decisions, deliveries, delivery_attempts, identities, leads
+from app.errors import InvalidInput, NotFound
+from app.ingest.schemas import normalise_domain
+from app.policy.schema import CompiledPolicy
+from app.scoring.decay import clamp, signal_scores
+from app.scoring.engine import evaluate
+from app.scoring.state import AccountState, LeadState, account_from_row, lead_from_row
+
+router = APIRouter()
+ERRORS: dict[int | str, dict[str, Any]] = {401: {}, 403: {}, 404: {}, 422: {}}
+
+
+def _score(
+    policy: CompiledPolicy, lead: LeadState, account: AccountState | None, now: float
+) -> tuple[Score, Any]:
+    ev = evaluate(policy, lead, account, now)
+    band = policy.band_for(ev.total, lead.band)
+    return Score(
+        total=round(ev.total, 4),
+        fit=round(ev.fit, 4),
+        intent=round(ev.intent, 4),
+        band=band,
+        evaluated_at=iso(now) or "",
+        policy_version=policy.version,
+    ), ev
+
+
+def _signals(scores: dict[str, float]) -> list[SignalItem]:
+    return [
+        SignalItem(signal=k, score=round(v, 4))
+        for k, v in sorted(scores.items(), key=lambda kv: -abs(kv[1]))
+    ]
+
+
+def decision_view(r: Any, with_payload: bool = False) -> DecisionView:
+    return DecisionView(
+        id=r.id,
+        type=r.type,
+        lead_id=r.lead_id,
+        account_domain=r.account_domain,
+        rule=r.rule,
+        team=r.team,
+        assignee=r.assignee,
+        band=r.band,
+        tier=r.tier,
+        reason=r.reason,
+        policy_version=r.policy_version,
+        trigger_event_id=r.trigger_event_id,
+        event_received_at=iso(r.event_received_at),
+        created_at=iso(r.created_at),
+        payload=orjson.loads(r.payload) if with_payload else None,
+    )
+
+
+async def _decisions_for(
+    session: AsyncSession, *, lead_id: str | None = None, domain: str | None = None, limit: int = 20
+) -> list[DecisionView]:
+    cond = decisions.c.lead_id == lead_id if lead_id else decisions.c.account_domain == domain
+    rows = await session.execute(
+        select(decisions).where(cond).order_by(decisions.c.created_at.desc()).limit(limit)
+    )
+    return [decision_view(r) for r in rows]
+
+
+async def _account(session: AsyncSession, domain: str | None) -> AccountState | None:
+    if not domain:
+        return None
+    row = (await session.execute(select(accounts).where(accounts.c.domain == domain))).first()
+    return account_from_row(row) if row else None
+
+
+async def _find_lead(session: AsyncSession, lead_id: str) -> LeadState | None:
+    key = lead_id.strip()
+    key = key.lower() if "@" in key and ":" not in key else key
+    target = key
+    if key.startswith(("anon:", "user:")):
+        mapped = (
+            await session.execute(
+                select(identities.c.lead_id).where(identities.c.identifier == key)
+            )
+        ).scalar()
+        target = mapped or key
+    for _ in range(3):  # follow merges
+        row = (await session.execute(select(leads).where(leads.c.lead_id == target))).first()
+        if row is None:
+            return None
+        lead = lead_from_row(row)
+        if not lead.merged_into:
+            return lead
+        target = lead.merged_into
+    return None
+
+
+@router.get(
+    "/v1/leads/{lead_id}",
+    operation_id="getLead",
+    summary="A lead's score now",
+    response_model=LeadView,
+    responses=ERRORS,
+)
+async def get_lead(
+    lead_id: Annotated[str, Path(description="normalised email, or anon:<anonymous_id>")],
+    key: ReadKey,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    policy: PolicyDep,
+) -> LeadView:
+    """Score evaluated at request time (decay continues between events), with breakdowns."""
+    lead = await _find_lead(session, lead_id)
+    if lead is None:
+        raise NotFound(f'no lead "{lead_id}"', field="lead_id", code="lead_not_found")
+    account = await _account(session, lead.account_domain)
+    score, ev = _score(policy, lead, account, runtime.clock.now())
+    ids = (
+        (
+            await session.execute(
+                select(identities.c.identifier).where(identities.c.lead_id == lead.lead_id)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    return LeadView(
+        lead_id=lead.lead_id,
+        email=lead.email,
+        anonymous_ids=sorted(i.removeprefix("anon:") for i in ids if i.startswith("anon:")),
+        attributes=lead.attributes,
+        source=lead.source,
+        first_seen_at=iso(lead.first_seen_at),
+        last_event_at=iso(lead.last_event_at),
+        account=AccountRef(
+            domain=account.domain,
+            name=account.name,
+            tier=account.tier,
+            owner=account.owner,
+            territory=account.territory,
+        )
+        if account
+        else (AccountRef(domain=lead.account_domain) if lead.account_domain else None),
+        score=score,
+        fit_breakdown=[FitItem(rule=r, points=p) for r, p in ev.fit_breakdown],
+        intent_breakdown=_signals(ev.signals),
+        decisions=await _decisions_for(session, lead_id=lead.lead_id),
+    )
+
+
+@router.get(
+    "/v1/leads",
+    operation_id="listLeads",
+    summary="Leads, optionally by current band",
+    response_model=LeadList,
+    responses=ERRORS,
+)
+async def list_leads(
+    key: ReadKey,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    policy: PolicyDep,
+    band: Annotated[str | None, Query(description="hot, warm, cool or cold")] = None,
+    account: Annotated[str | None, Query(description="account domain")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+) -> LeadList:
+    """Bands are evaluated now; decay can only lower a stored band, so the stored band at
+    or above the requested one bounds the scan."""
+    if band is not None and band not in policy.band_rank:
+        raise InvalidInput(
+            f'band: unknown band "{band}" (use {", ".join(policy.band_rank)})',
+            field="band",
+            code="unknown_band",
+        )
+    now = runtime.clock.now()
+    q = select(leads).where(leads.c.merged_into.is_(None)).order_by(leads.c.lead_id)
+    if band is not None:
+        rank = policy.band_rank[band]
+        q = q.where(leads.c.band.in_([b for b, r in policy.band_rank.items() if r >= rank]))
+    if account:
+        q = q.where(leads.c.account_domain == account.lower())
+    if cursor:
+        q = q.where(leads.c.lead_id > cursor)
+    out: list[LeadSummary] = []
+    next_cursor = None
+    accts: dict[str, AccountState | None] = {}
+    scanned = 0
+    for r in (await session.execute(q.limit(limit * 5))).all():
+        scanned += 1
+        lead = lead_from_row(r)
+        d = lead.account_domain
+        if d and d not in accts:
+            accts[d] = await _account(session, d)
+        score, _ = _score(policy, lead, accts.get(d) if d else None, now)
+        next_cursor = lead.lead_id
+        if band is None or score.band == band:
+            out.append(
+                LeadSummary(lead_id=lead.lead_id, email=lead.email, account_domain=d, score=score)
+            )
+            if len(out) >= limit:
+                break
+    if len(out) < limit and scanned < limit * 5:
+        next_cursor = None
+    return LeadList(leads=out, next_cursor=next_cursor)
+
+
+@router.get(
+    "/v1/accounts/{domain}",
+    operation_id="getAccount",
+    summary="An account's intent, fit, tier, leads and decisions",
+    response_model=AccountView,
+    responses=ERRORS,
+)
+async def get_account(
+    domain: str, key: ReadKey, session: SessionDep, runtime: RuntimeDep, policy: PolicyDep
+) -> AccountView:
+    try:
+        domain = normalise_domain(domain)
+    except ValueError as exc:
+        raise InvalidInput(f"domain: {exc}", field="domain") from None
+    acct = await _account(session, domain)
+    if acct is None:
+        raise NotFound(f'no account "{domain}"', field="domain", code="account_not_found")
+    now = runtime.clock.now()
+    scores = signal_scores(acct.signals, now, policy.signals)
+    fit, breakdown = policy.fit({"lead": {}, "account": acct.context()})
+    rows = (
+        await session.execute(
+            select(leads)
+            .where(leads.c.account_domain == domain, leads.c.merged_into.is_(None))
+            .order_by(leads.c.last_event_at.desc())
+            .limit(50)
+        )
+    ).all()
+    summaries = []
+    for r in rows:
+        lead = lead_from_row(r)
+        score, _ = _score(policy, lead, acct, now)
+        summaries.append(
+            LeadSummary(lead_id=lead.lead_id, email=lead.email, account_domain=domain, score=score)
+        )
+    summaries.sort(key=lambda s: -s.score.total)
+    return AccountView(
+        domain=acct.domain,
+        name=acct.name,
+        tier=acct.tier,
+        owner=acct.owner,
+        territory=acct.territory,
+        industry=acct.industry,
+        employees=acct.employees,
+        country=acct.country,
+        annual_revenue=acct.annual_revenue,
+        attributes=acct.attributes,
+        intent=round(clamp(sum(scores.values()), 0.0, float("inf")), 4),
+        intent_breakdown=_signals(scores),
+        fit=fit,
+        fit_breakdown=[FitItem(rule=r, points=p) for r, p in breakdown],
+        active_leads=acct.active_leads,
+        leads=summaries,
+        decisions=await _decisions_for(session, domain=domain),
+        evaluated_at=iso(now) or "",
+        policy_version=policy.version,
+    )
+
+
+@router.get(
+    "/v1/decisions",
+    operation_id="listDecisions",
+    summary="Routing decisions, newest first",
+    response_model=DecisionList,
+    responses=ERRORS,
+)
+async def list_decisions(
+    key: ReadKey,
+    session: SessionDep,
+    lead_id: str | None = None,
+    account: str | None = None,
+    team: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+) -> DecisionList:
+    q = select(decisions).order_by(decisions.c.id.desc())
+    if lead_id:
+        q = q.where(
+            decisions.c.lead_id == lead_id.lower()
+            if "@" in lead_id
+            else decisions.c.lead_id == lead_id
+        )
+    if account:
+        q = q.where(decisions.c.account_domain == account.lower())
+    if team:
+        q = q.where(decisions.c.team == team)
+    if cursor:
+        q = q.where(decisions.c.id < cursor)
+    rows = (await session.execute(q.limit(limit + 1))).all()
+    views = [decision_view(r) for r in rows[:limit]]
+    return DecisionList(decisions=views, next_cursor=views[-1].id if len(rows) > limit else None)
+
+
+async def deliveries_for(session: AsyncSession, decision_id: str) -> list[DeliveryView]:
+    rows = (
+        await session.execute(
+            select(deliveries)
+            .where(deliveries.c.decision_id == decision_id)
+            .order_by(deliveries.c.created_at)
+        )
+    ).all()
+    if not rows:
+        return []
+    attempts = (
+        await session.execute(
+            select(delivery_attempts)
+            .where(delivery_attempts.c.delivery_id.in_([r.id for r in rows]))
+            .order_by(delivery_attempts.c.id)
+        )
+    ).all()
+    by_delivery: dict[str, list[DeliveryAttemptView]] = {}
+    for a in attempts:
+        by_delivery.setdefault(a.delivery_id, []).append(
+            DeliveryAttemptView(
+                attempt=a.attempt,
+                started_at=iso(a.started_at),
+                status_code=a.status_code,
+                latency_ms=round(a.latency_ms, 3),
+                error=a.error,
+            )
+        )
+    return [
+        DeliveryView(
+            id=r.id,
+            destination_id=r.destination_id,
+            status=r.status,
+            attempts=r.attempts,
+            next_attempt_at=iso(r.next_attempt_at) if r.status == "pending" else None,
+            last_status_code=r.last_status_code,
+            last_error=r.last_error,
+            delivered_at=iso(r.delivered_at),
+            history=by_delivery.get(r.id, []),
+        )
+        for r in rows
+    ]
+
+
+@router.get(
+    "/v1/decisions/{decision_id}",
+    operation_id="getDecision",
+    summary="One decision with its webhook body and delivery attempts",
+    response_model=DecisionView,
+    responses=ERRORS,
+)
+async def get_decision(decision_id: str, key: ReadKey, session: SessionDep) -> DecisionView:
+    row = (await session.execute(select(decisions).where(decisions.c.id == decision_id))).first()
+    if row is None:
+        raise NotFound(
+            f'no decision "{decision_id}"', field="decision_id", code="decision_not_found"
+        )
+    view = decision_view(row, with_payload=True)
+    view.deliveries = await deliveries_for(session, decision_id)
+    return view

@@ -1,0 +1,127 @@
+"""Response models of the read API (wire models, separate from the tables)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class AccountRef(BaseModel):
+    domain: str
+    name: str | None = None
+    tier: str | None = None
+    owner: str | None = None
+    territory: str | None = None
+
+
+class Score(BaseModel):
+    total: float
+    fit: float
+    intent: float
+    band: str
+    evaluated_at: str
+    policy_version: int
+
+
+class FitItem(BaseModel):
+    rule: str
+    points: float
+
+
+class SignalItem(BaseModel):
+    signal: str
+    score: float
+
+
+class DeliveryAttemptView(BaseModel):
+    attempt: int
+    started_at: str | None
+    status_code: int | None
+    latency_ms: float
+    error: str | None
+
+
+class DeliveryView(BaseModel):
+    id: str
+    destination_id: str
+    status: str
+    attempts: int
+    next_attempt_at: str | None
+    last_status_code: int | None
+    last_error: str | None
+    delivered_at: str | None
+    history: list[DeliveryAttemptView] = []
+
+
+class DecisionView(BaseModel):
+    id: str
+    type: str
+    lead_id: str | None
+    account_domain: str | None
+    rule: str
+    team: str
+    assignee: str | None
+    band: str | None
+    tier: str | None
+    reason: str
+    policy_version: int
+    trigger_event_id: str | None
+    event_received_at: str | None
+    created_at: str | None
+    payload: dict[str, Any] | None = None
+    deliveries: list[DeliveryView] = []
+
+
+class LeadView(BaseModel):
+    lead_id: str
+    email: str | None
+    anonymous_ids: list[str]
+    attributes: dict[str, Any]
+    source: str | None
+    first_seen_at: str | None
+    last_event_at: str | None
+    account: AccountRef | None
+    score: Score
+    fit_breakdown: list[FitItem]
+    intent_breakdown: list[SignalItem]
+    decisions: list[DecisionView]
+
+
+class LeadSummary(BaseModel):
+    lead_id: str
+    email: str | None
+    account_domain: str | None
+    score: Score
+
+
+class LeadList(BaseModel):
+    leads: list[LeadSummary]
+    next_cursor: str | None
+
+
+class AccountView(BaseModel):
+    domain: str
+    name: str | None
+    tier: str | None
+    owner: str | None
+    territory: str | None
+    industry: str | None
+    employees: int | None
+    country: str | None
+    annual_revenue: float | None
+    attributes: dict[str, Any]
+    intent: float
+    intent_breakdown: list[SignalItem]
+    fit: float
+    fit_breakdown: list[FitItem]
+    active_leads: int
+    leads: list[LeadSummary]
+    decisions: list[DecisionView]
+    evaluated_at: str
+    policy_version: int
+
+
+class DecisionList(BaseModel):
+    decisions: list[DecisionView]
+    next_cursor: str | None

@@ -1,0 +1,90 @@
+"""Settings from ``INTENT_*`` environment variables; bad values stop start-up with a reason."""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_DB = "sqlite+aiosqlite:///./.data/intent-router.db"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INTENT_", env_nested_delimiter="__")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    database_url: str = DEFAULT_DB
+    kafka_bootstrap: str | None = None
+    kafka_topic: str = "intent.events"
+    # Hosts or CIDRs webhooks may reach although they are private or loopback.
+    delivery_allowed_hosts: Annotated[list[str], NoDecode] = []
+    delivery_timeout_seconds: float = Field(default=15.0, gt=0)
+    delivery_concurrency_per_destination: int = Field(default=16, ge=1)
+    # Group commit: single-event posts wait at most this long to share a transaction.
+    batch_max_wait_ms: float = Field(default=2.0, ge=0)
+    batch_max_events: int = Field(default=5000, ge=1)
+    ingest_queue_max_events: int = Field(default=50_000, ge=1)
+    # SQLite durability: FULL syncs the WAL on every commit (nothing accepted is lost on
+    # power failure); NORMAL is faster and loses nothing on a process crash.
+    sqlite_synchronous: str = "FULL"
+    log_level: str = "INFO"
+    bootstrap_admin_key: bool = True
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_dsn(cls, v: str) -> str:
+        if not v.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://", "postgresql://")):
+            raise ValueError(
+                "INTENT_DATABASE_URL must be sqlite+aiosqlite:///PATH or "
+                f"postgresql+asyncpg://USER:PASS@HOST/DB, got {v.split('://')[0]}://…"
+            )
+        if v.startswith("postgresql://"):
+            v = "postgresql+asyncpg://" + v.removeprefix("postgresql://")
+        return v
+
+    @field_validator("delivery_allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, v: object) -> object:
+        if isinstance(v, str):
+            v = v.strip()
+            if v.startswith("["):
+                import json
+
+                return json.loads(v)
+            return [h.strip() for h in v.split(",") if h.strip()]
+        return v
+
+    @field_validator("delivery_allowed_hosts")
+    @classmethod
+    def _check_hosts(cls, v: list[str]) -> list[str]:
+        for item in v:
+            if "/" in item:
+                try:
+                    ipaddress.ip_network(item, strict=False)
+                except ValueError as exc:
+                    raise ValueError(
+                        f"INTENT_DELIVERY_ALLOWED_HOSTS: {item!r} is not a valid CIDR"
+                    ) from exc
+        return [h.lower() for h in v]
+
+    @field_validator("sqlite_synchronous")
+    @classmethod
+    def _check_sync(cls, v: str) -> str:
+        if v.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError("INTENT_SQLITE_SYNCHRONOUS must be OFF, NORMAL, FULL or EXTRA")
+        return v.upper()
+
+    @cached_property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def sqlite_path(self) -> Path | None:
+        if not self.is_sqlite:
+            return None
+        path = self.database_url.split(":///", 1)[1]
+        return None if path in ("", ":memory:") else Path(path)

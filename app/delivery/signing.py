@@ -1,0 +1,45 @@
+"""Standard Webhooks signatures (https://www.standardwebhooks.com/)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+
+SECRET_PREFIX = "whsec_"
+
+
+def new_secret() -> str:
+    """A fresh ``whsec_<base64>`` secret with 24 random bytes."""
+    return SECRET_PREFIX + base64.b64encode(os.urandom(24)).decode()
+
+
+def _key(secret: str) -> bytes:
+    return base64.b64decode(secret.removeprefix(SECRET_PREFIX))
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """``v1,<base64 HMAC-SHA256 of "id.timestamp.body">``."""
+    to_sign = f"{msg_id}.{timestamp}.".encode() + body
+    digest = hmac.new(_key(secret), to_sign, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def headers(secrets: list[str], msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    """The three webhook headers; several secrets (rotation) give space-separated signatures."""
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": " ".join(sign(s, msg_id, timestamp, body) for s in secrets),
+        "content-type": "application/json",
+    }
+
+
+def verify(secret: str, msg_id: str, timestamp: int, body: bytes, signature_header: str) -> bool:
+    expected = sign(secret, msg_id, timestamp, body).split(",", 1)[1]
+    for candidate in signature_header.split():
+        version, _, sig = candidate.partition(",")
+        if version == "v1" and hmac.compare_digest(sig, expected):
+            return True
+    return False

@@ -1,0 +1,80 @@
+"""Application errors: one small hierarchy, each with a status and a stable machine code."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class AppError(Exception):
+    status = 400
+    code = "bad_request"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        code: str | None = None,
+        errors: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        if code:
+            self.code = code
+        self.errors = errors
+        self.headers = headers
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            out["field"] = self.field
+        if self.errors is not None:
+            out["errors"] = self.errors
+        return out
+
+
+class InvalidInput(AppError):
+    status = 422
+    code = "invalid_input"
+
+
+class MalformedBody(AppError):
+    status = 400
+    code = "malformed_json"
+
+
+class PayloadTooLarge(AppError):
+    status = 413
+    code = "payload_too_large"
+
+
+class Unauthenticated(AppError):
+    status = 401
+    code = "unauthenticated"
+
+
+class Forbidden(AppError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(AppError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(AppError):
+    status = 409
+    code = "conflict"
+
+
+class Overloaded(AppError):
+    status = 429
+    code = "overloaded"
+
+
+class Unavailable(AppError):
+    status = 503
+    code = "unavailable"

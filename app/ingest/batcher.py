@@ -1,0 +1,106 @@
+"""Group commit: concurrent HTTP requests share one pipeline transaction.
+
+Requests queue their events and wait; one task drains the queue, runs the pipeline on
+everything queued (up to ``batch_max_events``) in one transaction and answers each
+request after the commit. At low load a batch is a single request, so latency stays
+low; under load batches grow by themselves and the per-request cost falls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+from app.errors import Overloaded, Unavailable
+from app.ingest.schemas import Event
+from app.observability import metrics
+from app.pipeline import EventStatus
+
+log = logging.getLogger(__name__)
+
+ProcessFn = Callable[[list[Event]], Awaitable[list[EventStatus]]]
+
+
+class Batcher:
+    def __init__(
+        self, process: ProcessFn, *, max_events: int, max_queue: int, linger_ms: float
+    ) -> None:
+        self._process = process
+        self._max_events = max_events
+        self._max_queue = max_queue
+        self._linger = linger_ms / 1000
+        self._queue: deque[tuple[list[Event], asyncio.Future[list[EventStatus]]]] = deque()
+        self._queued = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="ingest-batcher")
+
+    async def stop(self) -> None:
+        """Finish what is queued, then stop."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def submit(self, events: list[Event]) -> list[EventStatus]:
+        if self._closing:
+            raise Unavailable("the service is shutting down", headers={"Retry-After": "1"})
+        if self._queued + len(events) > self._max_queue and self._queued:
+            raise Overloaded(
+                "the ingest queue is full; retry shortly", headers={"Retry-After": "1"}
+            )
+        fut: asyncio.Future[list[EventStatus]] = asyncio.get_running_loop().create_future()
+        self._queue.append((events, fut))
+        self._queued += len(events)
+        metrics.INGEST_QUEUE.set(self._queued)
+        self._wake.set()
+        return await fut
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            if not self._queue:
+                self._wake.clear()
+                if self._closing:
+                    return
+                continue
+            if self._linger and self._queued < self._max_events:
+                await asyncio.sleep(self._linger)
+            items = [self._queue.popleft()]
+            n = len(items[0][0])
+            while self._queue and n + len(self._queue[0][0]) <= self._max_events:
+                item = self._queue.popleft()
+                items.append(item)
+                n += len(item[0])
+            self._queued -= n
+            metrics.INGEST_QUEUE.set(self._queued)
+            batch = [ev for events, _ in items for ev in events]
+            started = time.perf_counter()
+            try:
+                statuses = await self._process(batch)
+            except Exception as exc:
+                log.exception("pipeline batch of %d events failed", len(batch))
+                err = Unavailable(
+                    f"the batch could not be stored ({type(exc).__name__}); nothing was "
+                    "accepted, retry",
+                    headers={"Retry-After": "1"},
+                )
+                for _, fut in items:
+                    if not fut.done():
+                        fut.set_exception(err)
+                continue
+            metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+            metrics.BATCH_SIZE.observe(len(batch))
+            i = 0
+            for events, fut in items:
+                if not fut.done():
+                    fut.set_result(statuses[i : i + len(events)])
+                i += len(events)

@@ -1,0 +1,248 @@
+"""Wire models for events (HTTP and Kafka) and their normalised internal form."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+FUTURE_TOLERANCE_SECONDS = 300.0
+MAX_BATCH_EVENTS = 1000
+MAX_BODY_BYTES = 1024 * 1024
+
+_EMAIL = re.compile(r"^[^@\s]+@([a-z0-9-]+(?:\.[a-z0-9-]+)+)$")
+_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+_SLUG = re.compile(r"[^a-z0-9]+")
+
+
+def normalise_email(v: str) -> str:
+    v = v.strip().lower()
+    if not _EMAIL.match(v):
+        raise ValueError("not a valid email address")
+    return v
+
+
+def normalise_domain(v: str) -> str:
+    """``https://www.Acme.com/about`` → ``acme.com``."""
+    v = v.strip().lower()
+    if "://" in v:
+        v = urlsplit(v).hostname or ""
+    v = v.split("/", 1)[0].rstrip(".")
+    v = v.removeprefix("www.")
+    if not _DOMAIN.match(v):
+        raise ValueError("not a valid domain name")
+    return v
+
+
+def normalise_slug(v: str) -> str:
+    """``"Financial Services"`` → ``financial_services``."""
+    return _SLUG.sub("_", v.strip().lower()).strip("_")
+
+
+def normalise_country(v: str) -> str:
+    v = v.strip().upper()
+    if not re.fullmatch(r"[A-Z]{2}", v):
+        raise ValueError("use an ISO 3166 alpha-2 country code such as US or DE")
+    return v
+
+
+Email = Annotated[str, AfterValidator(normalise_email)]
+Domain = Annotated[str, AfterValidator(normalise_domain)]
+Country = Annotated[str, AfterValidator(normalise_country)]
+Slug = Annotated[str, AfterValidator(normalise_slug)]
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+ShortText = Annotated[str, StringConstraints(max_length=300, strip_whitespace=True)]
+
+
+class LeadIn(BaseModel):
+    """Who the event is about: at least one of email, anonymous_id or user_id."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    email: Email | None = None
+    anonymous_id: Identifier | None = None
+    user_id: Identifier | None = None
+    first_name: ShortText | None = None
+    last_name: ShortText | None = None
+    title: ShortText | None = None
+    country: Country | None = None
+    phone: ShortText | None = None
+    traits: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_identifier(self) -> LeadIn:
+        if not (self.email or self.anonymous_id or self.user_id):
+            raise ValueError("the lead needs an email, anonymous_id or user_id")
+        return self
+
+
+class AccountIn(BaseModel):
+    """The company, e.g. from reverse-IP enrichment or a group call."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    domain: Domain
+    name: ShortText | None = None
+    industry: Slug | None = None
+    employees: int | None = Field(default=None, ge=0)
+    country: Country | None = None
+    annual_revenue: float | None = Field(default=None, ge=0)
+    traits: dict[str, Any] = Field(default_factory=dict)
+
+
+class EventIn(BaseModel):
+    """One behavioural event, as posted to ``/v1/events`` or produced to Kafka."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "event_id": "evt_01JDEMO0001",
+                "type": "pricing_page_view",
+                "occurred_at": "2026-11-23T15:04:05Z",
+                "source": "linkedin_ads",
+                "lead": {"email": "dana@acme.com", "anonymous_id": "a-93f1", "title": "VP Sales"},
+                "account": {
+                    "domain": "acme.com",
+                    "industry": "software",
+                    "employees": 1200,
+                    "country": "US",
+                },
+                "properties": {"url": "/pricing"},
+            }
+        },
+    )
+
+    event_id: Identifier
+    type: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+    occurred_at: datetime
+    source: Identifier
+    campaign: Identifier | None = None
+    lead: LeadIn
+    account: AccountIn | None = None
+    properties: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _aware(cls, v: datetime) -> datetime:
+        return v if v.tzinfo is not None else v.replace(tzinfo=UTC)
+
+
+class EventBatchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[EventIn] = Field(max_length=MAX_BATCH_EVENTS)
+
+
+EVENT_ADAPTER: TypeAdapter[EventIn] = TypeAdapter(EventIn)
+EVENT_LIST_ADAPTER: TypeAdapter[list[EventIn]] = TypeAdapter(list[EventIn])
+
+# Events that update attributes but carry no signal.
+ATTRIBUTE_ONLY_TYPES = frozenset({"identify"})
+
+
+@dataclass(slots=True)
+class Event:
+    """A validated, normalised event as the pipeline sees it."""
+
+    event_id: str
+    type: str
+    occurred_at: float
+    received_at: float
+    source: str
+    transport: str
+    email: str | None
+    anonymous_id: str | None
+    user_id: str | None
+    lead_attrs: dict[str, Any]
+    account_domain: str | None
+    account_attrs: dict[str, Any]
+    campaign: str | None = None
+    properties: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] | None = None
+
+    def identifiers(self) -> list[str]:
+        """Identity keys in order of strength: email, user id, anonymous id."""
+        keys = []
+        if self.email:
+            keys.append(self.email)
+        if self.user_id:
+            keys.append("user:" + self.user_id)
+        if self.anonymous_id:
+            keys.append("anon:" + self.anonymous_id)
+        return keys
+
+
+def to_event(e: EventIn, *, received_at: float, transport: str) -> Event:
+    lead_attrs: dict[str, Any] = dict(e.lead.traits)
+    for key in ("first_name", "last_name", "title", "country", "phone"):
+        value = getattr(e.lead, key)
+        if value is not None:
+            lead_attrs[key] = value
+    account_attrs: dict[str, Any] = {}
+    domain = None
+    if e.account is not None:
+        domain = e.account.domain
+        account_attrs = dict(e.account.traits)
+        for key in ("name", "industry", "employees", "country", "annual_revenue"):
+            value = getattr(e.account, key)
+            if value is not None:
+                account_attrs[key] = value
+    return Event(
+        event_id=e.event_id,
+        type=e.type,
+        occurred_at=e.occurred_at.timestamp(),
+        received_at=received_at,
+        source=e.source,
+        transport=transport,
+        email=e.lead.email,
+        anonymous_id=e.lead.anonymous_id,
+        user_id=e.lead.user_id,
+        lead_attrs=lead_attrs,
+        account_domain=domain,
+        account_attrs=account_attrs,
+        campaign=e.campaign,
+        properties=e.properties,
+        raw=e.model_dump(mode="json", exclude_defaults=True),
+    )
+
+
+def error_field(loc: tuple[int | str, ...]) -> str:
+    """A pydantic location as a dotted path: ``("lead", "email")`` → ``lead.email``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.startswith("function-"):
+            continue
+        else:
+            out += ("." if out else "") + part
+    return out
+
+
+def first_error(exc: ValidationError, strip: int = 0) -> tuple[str, str, str]:
+    """(field, code, message) of the first validation error, location shortened by ``strip``."""
+    err = exc.errors()[0]
+    loc = tuple(err["loc"])[strip:]
+    path = error_field(loc)
+    code = "unknown_field" if err["type"] == "extra_forbidden" else err["type"]
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = f'unknown field "{path}"'
+    elif err["type"] == "missing":
+        msg = f'"{path}" is required'
+    return path, code, f"{path}: {msg}" if path and not msg.startswith(('"', "unknown")) else msg

@@ -1,0 +1,203 @@
+"""Segment (and RudderStack) HTTP Tracking API messages → native events.
+
+The mapping from track names and page paths to signals is part of the policy.
+Identify, group and alias calls, and track calls the policy does not map, update
+lead and account attributes (and stitch identities) without scoring.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from app.policy.schema import CompiledPolicy
+
+SEGMENT_TYPES = ("track", "identify", "page", "screen", "group", "alias")
+_COUNTRY = re.compile(r"^[A-Za-z]{2}$")
+
+
+def _parse_ts(value: Any) -> float | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        ts = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    return ts.timestamp()
+
+
+def event_time(msg: dict[str, Any], received_at: float) -> float:
+    """Segment's rule: ``timestamp`` if set, else ``originalTimestamp`` corrected for the
+    sender's clock skew (``receivedAt - (sentAt - originalTimestamp)``), else arrival time."""
+    ts = _parse_ts(msg.get("timestamp"))
+    if ts is not None:
+        return ts
+    original = _parse_ts(msg.get("originalTimestamp"))
+    sent = _parse_ts(msg.get("sentAt"))
+    if original is not None and sent is not None:
+        return received_at - (sent - original)
+    return original if original is not None else received_at
+
+
+def _dict(v: Any) -> dict[str, Any]:
+    return v if isinstance(v, dict) else {}
+
+
+def _int(v: Any) -> int | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float | str):
+        try:
+            return int(float(v))
+        except ValueError:
+            return None
+    return None
+
+
+def _domain_of(traits: dict[str, Any]) -> str | None:
+    for key in ("domain", "website", "url"):
+        v = traits.get(key)
+        if isinstance(v, str) and v.strip():
+            return v
+    return None
+
+
+def _lead(msg: dict[str, Any], traits: dict[str, Any]) -> dict[str, Any]:
+    lead: dict[str, Any] = {}
+    email = traits.get("email")
+    if isinstance(email, str) and "@" in email:
+        lead["email"] = email
+    if msg.get("anonymousId"):
+        lead["anonymous_id"] = str(msg["anonymousId"])
+    if msg.get("userId"):
+        lead["user_id"] = str(msg["userId"])
+    for ours, theirs in (
+        ("first_name", ("firstName", "first_name")),
+        ("last_name", ("lastName", "last_name")),
+        ("title", ("title",)),
+        ("phone", ("phone",)),
+    ):
+        for key in theirs:
+            if isinstance(traits.get(key), str):
+                lead[ours] = traits[key]
+                break
+    country = traits.get("country") or _dict(traits.get("address")).get("country")
+    if isinstance(country, str) and _COUNTRY.match(country):
+        lead["country"] = country
+    return lead
+
+
+def _account(traits: dict[str, Any]) -> dict[str, Any] | None:
+    domain = _domain_of(traits)
+    if domain is None:
+        return None
+    account: dict[str, Any] = {"domain": domain}
+    if isinstance(traits.get("name"), str):
+        account["name"] = traits["name"]
+    if isinstance(traits.get("industry"), str):
+        account["industry"] = traits["industry"]
+    employees = _int(traits.get("employees", traits.get("employee_count")))
+    if employees is not None and employees >= 0:
+        account["employees"] = employees
+    revenue = traits.get("annual_revenue", traits.get("annualRevenue"))
+    if isinstance(revenue, int | float) and not isinstance(revenue, bool) and revenue >= 0:
+        account["annual_revenue"] = revenue
+    country = traits.get("country") or _dict(traits.get("address")).get("country")
+    if isinstance(country, str) and _COUNTRY.match(country):
+        account["country"] = country
+    return account
+
+
+def _page_path(msg: dict[str, Any]) -> str:
+    props = _dict(msg.get("properties"))
+    page = _dict(_dict(msg.get("context")).get("page"))
+    for candidate in (props.get("path"), page.get("path")):
+        if isinstance(candidate, str) and candidate:
+            return candidate
+    for candidate in (props.get("url"), page.get("url")):
+        if isinstance(candidate, str) and candidate:
+            return urlsplit(candidate).path or "/"
+    name = msg.get("name")
+    return name if isinstance(name, str) and name.startswith("/") else "/"
+
+
+def to_native(
+    msg: dict[str, Any],
+    *,
+    kind: str | None,
+    policy: CompiledPolicy,
+    source: str,
+    received_at: float,
+) -> dict[str, Any]:
+    """One Segment message as a native event dict (validated by the caller)."""
+    msg_type = str(msg.get("type") or kind or "")
+    context = _dict(msg.get("context"))
+    traits = {**_dict(context.get("traits")), **_dict(msg.get("traits"))}
+    props = _dict(msg.get("properties"))
+    campaign = _dict(context.get("campaign"))
+    event_type = "identify"
+    properties: dict[str, Any] = {"segment_type": msg_type}
+    account = None
+    if msg_type == "track":
+        name = str(msg.get("event") or "")
+        properties.update(segment_event=name, **props)
+        event_type = policy.signal_for_segment_track(name) or "identify"
+        if isinstance(props.get("email"), str) and "email" not in traits:
+            traits["email"] = props["email"]
+    elif msg_type in ("page", "screen"):
+        path = _page_path(msg)
+        properties.update(path=path, **props)
+        event_type = policy.signal_for_page(path) or "identify"
+    elif msg_type == "group":
+        account = _account(_dict(msg.get("traits")))
+        traits = _dict(context.get("traits"))
+        if msg.get("groupId"):
+            properties["group_id"] = str(msg["groupId"])
+    elif msg_type == "alias":
+        if msg.get("previousId"):
+            msg = {**msg, "anonymousId": msg["previousId"]}
+    if account is None:
+        company = _dict(traits.get("company"))
+        if company:
+            account = _account(company)
+    lead = _lead(msg, traits)
+    extra = {
+        k: v
+        for k, v in _dict(msg.get("traits")).items()
+        if k
+        not in (
+            "email",
+            "firstName",
+            "lastName",
+            "first_name",
+            "last_name",
+            "title",
+            "phone",
+            "company",
+            "address",
+        )
+        and isinstance(v, str | int | float)
+    }
+    if extra and msg_type == "identify":
+        lead["traits"] = extra
+    occurred = event_time(msg, received_at)
+    out: dict[str, Any] = {
+        "event_id": str(msg.get("messageId") or f"seg_{uuid.uuid4().hex}"),
+        "type": event_type,
+        "occurred_at": datetime.fromtimestamp(occurred, UTC).isoformat(),
+        "source": str(campaign.get("source") or source),
+        "lead": lead,
+        "properties": properties,
+    }
+    if isinstance(campaign.get("name"), str):
+        out["campaign"] = campaign["name"]
+    if account is not None:
+        out["account"] = account
+    return out

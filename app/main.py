@@ -1,0 +1,100 @@
+"""create_app(): the lifespan opens the engine, the batcher and the dispatcher."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import ORJSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.api import admin, read
+from app.clock import Clock
+from app.config import Settings
+from app.errors import AppError
+from app.ingest import http as ingest_http
+from app.ingest.schemas import error_field
+from app.observability import health
+from app.runtime import Runtime
+
+log = logging.getLogger("app")
+
+
+def create_app(
+    settings: Settings | None = None, clock: Clock | None = None, *, dispatcher: bool = True
+) -> FastAPI:
+    settings = settings or Settings()
+    runtime = Runtime(settings, clock)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await runtime.start(dispatcher=dispatcher)
+        if runtime.bootstrap_key:
+            # Printed once, on the first start of an empty database; only its hash is kept.
+            print(
+                "\n  First start: an admin API key was created (all scopes). It is shown "
+                f"only now:\n\n    {runtime.bootstrap_key}\n",
+                flush=True,
+            )
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(
+        title="intent-router",
+        version="0.1.0",
+        summary="Real-time intent scoring and lead routing",
+        lifespan=lifespan,
+        default_response_class=ORJSONResponse,
+    )
+    app.state.runtime = runtime
+
+    @app.exception_handler(AppError)
+    async def app_error(_: Request, exc: AppError) -> ORJSONResponse:
+        return ORJSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> ORJSONResponse:
+        errors = [
+            {
+                "field": error_field(tuple(e["loc"])[1:]) or error_field(tuple(e["loc"])),
+                "code": e["type"],
+                "message": e["msg"],
+            }
+            for e in exc.errors()
+        ]
+        first = errors[0] if errors else {"field": None, "message": "invalid request"}
+        return ORJSONResponse(
+            {
+                "code": "invalid_input",
+                "message": f"{first['field']}: {first['message']}",
+                "field": first["field"],
+                "errors": errors,
+            },
+            status_code=422,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return ORJSONResponse(
+            {"code": code, "message": str(exc.detail)}, status_code=exc.status_code
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> ORJSONResponse:
+        log.exception("unhandled error")
+        return ORJSONResponse(
+            {"code": "internal_error", "message": "an unexpected error occurred"},
+            status_code=500,
+        )
+
+    app.include_router(ingest_http.router, tags=["ingest"])
+    app.include_router(read.router, tags=["read"])
+    app.include_router(admin.router, tags=["admin"])
+    app.include_router(health.router, tags=["operations"])
+    return app

@@ -1,0 +1,200 @@
+"""The event path, one batch at a time, in one transaction:
+
+ingest (dedupe) → identify (stitch, match accounts) → score → surge → route → outbox.
+
+The caller opens the transaction and commits it; only then are HTTP 202s answered,
+Kafka offsets committed and the claimed deliveries handed to the dispatcher.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db import decisions, dumps, events, insert_ignore
+from app.delivery.destinations import Destination
+from app.delivery.outbox import NewDelivery, enqueue
+from app.ingest.schemas import ATTRIBUTE_ONLY_TYPES, FUTURE_TOLERANCE_SECONDS, Event
+from app.matching.identity import BatchState
+from app.policy.schema import CompiledPolicy
+from app.routing.assignment import Counters, assign
+from app.routing.decisions import Candidate, build
+from app.routing.rules import cooldown_verdict, match_rule
+from app.routing.surge import surge_candidates
+from app.scoring.engine import apply
+
+
+@dataclass
+class EventStatus:
+    event_id: str
+    status: str  # accepted | duplicate | rejected
+    code: str | None = None
+    field: str | None = None
+    message: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"event_id": self.event_id, "status": self.status}
+        if self.code:
+            out.update(code=self.code, field=self.field, message=self.message)
+        return out
+
+
+@dataclass
+class BatchResult:
+    statuses: list[EventStatus]
+    deliveries: list[NewDelivery] = field(default_factory=list)
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    suppressed: int = 0
+
+
+def check_event(ev: Event, policy: CompiledPolicy, now: float) -> EventStatus | None:
+    """Checks that need the policy or the clock; a rejection, or None when fine."""
+    if ev.type not in policy.signals and ev.type not in ATTRIBUTE_ONLY_TYPES:
+        return EventStatus(
+            ev.event_id,
+            "rejected",
+            "unknown_event_type",
+            "type",
+            f'type: unknown event type "{ev.type}" (not a signal in policy '
+            f"version {policy.version})",
+        )
+    if ev.occurred_at > now + FUTURE_TOLERANCE_SECONDS:
+        return EventStatus(
+            ev.event_id,
+            "rejected",
+            "occurred_in_future",
+            "occurred_at",
+            "occurred_at: more than 5 minutes in the future",
+        )
+    return None
+
+
+async def process(
+    session: AsyncSession,
+    batch: list[Event],
+    *,
+    policy: CompiledPolicy,
+    destinations: dict[str, Destination],
+    now: float,
+    lease_until: float | None,
+) -> BatchResult:
+    """Apply a batch of validated events; statuses come back in the batch's order."""
+    statuses, fresh = await _ingest(session, batch, policy, now)
+    if not fresh:
+        return BatchResult(statuses)
+
+    state = BatchState(policy=policy, now=now)
+    await state.load(session, fresh)
+    candidates: list[Candidate] = []
+    for ev in fresh:
+        candidate = apply(state, ev)
+        if candidate is not None:
+            candidates.append(candidate)
+    candidates += await surge_candidates(session, state, set(state.account_trigger))
+
+    routed, suppressed = await _route(session, state, candidates)
+    deliveries = await enqueue(session, routed, destinations, now=now, lease_until=lease_until)
+    await state.save(session)
+    return BatchResult(statuses, deliveries, [d for d, _, _ in routed], suppressed)
+
+
+async def _ingest(
+    session: AsyncSession, batch: list[Event], policy: CompiledPolicy, now: float
+) -> tuple[list[EventStatus], list[Event]]:
+    """Reject what the policy does not know, then keep only never-seen event ids."""
+    statuses: list[EventStatus] = []
+    candidates: list[Event] = []
+    seen: set[str] = set()
+    for ev in batch:
+        rejected = check_event(ev, policy, now)
+        if rejected is not None:
+            statuses.append(rejected)
+        elif ev.event_id in seen:
+            statuses.append(EventStatus(ev.event_id, "duplicate"))
+        else:
+            seen.add(ev.event_id)
+            candidates.append(ev)
+            statuses.append(EventStatus(ev.event_id, "accepted"))
+    if not candidates:
+        return statuses, []
+    rows = [
+        {
+            "event_id": ev.event_id,
+            "received_at": ev.received_at,
+            "occurred_at": ev.occurred_at,
+            "type": ev.type,
+            "source": ev.source,
+            "transport": ev.transport,
+            "lead_id": ev.identifiers()[0],
+            "account_domain": ev.account_domain,
+            "policy_version": policy.version,
+            "payload": dumps(ev.raw),
+        }
+        for ev in candidates
+    ]
+    stmt = insert_ignore(session, events, ["event_id"]).returning(events.c.event_id)
+    inserted = set((await session.execute(stmt, rows)).scalars().all())
+    if len(inserted) != len(candidates):
+        for st in statuses:
+            if st.status == "accepted" and st.event_id not in inserted:
+                st.status = "duplicate"
+    return statuses, [ev for ev in candidates if ev.event_id in inserted]
+
+
+async def _route(
+    session: AsyncSession, state: BatchState, candidates: list[Candidate]
+) -> tuple[list[tuple[dict[str, Any], bytes, list[str] | None]], int]:
+    """Rules → cooldown/escalation → assignment → decision rows, in candidate order."""
+    policy, now = state.policy, state.now
+    counters = Counters()
+    routed: list[tuple[dict[str, Any], bytes, list[str] | None]] = []
+    suppressed = 0
+    for c in candidates:
+        compiled = match_rule(
+            policy, kind=c.kind, band=c.band, tier=c.tier, active_leads=c.active_leads, ctx=c.ctx
+        )
+        if compiled is None and not (c.kind == "lead" and c.band in policy.route_bands):
+            continue
+        holder: Any = (
+            state.leads[c.lead_id] if c.lead_id else state.accounts[c.account_domain or ""]
+        )
+        allowed, escalation = cooldown_verdict(
+            policy,
+            now=now,
+            last_at=holder.last_decision_at,
+            last_band=getattr(holder, "last_decision_band", None),
+            last_tier=holder.last_decision_tier,
+            band=c.band,
+            tier=c.tier,
+        )
+        if not allowed:
+            suppressed += 1
+            continue
+        await counters.load(session)
+        rule = compiled.rule if compiled else None
+        a = assign(policy, rule, account_owner=c.account_owner, counters=counters, now=now)
+        row, body = build(
+            c,
+            rule=rule.name if rule else None,
+            team=a.team,
+            assignee=a.assignee,
+            strategy=a.strategy,
+            escalation=escalation,
+            policy_version=policy.version,
+            now=now,
+        )
+        payload = orjson.dumps(body)
+        row["payload"] = payload.decode()
+        routed.append((row, payload, rule.destinations if rule else None))
+        holder.last_decision_at = now
+        holder.last_decision_tier = c.tier
+        if c.kind == "lead":
+            holder.last_decision_band = c.band
+        holder.dirty = True
+    if routed:
+        await session.execute(decisions.insert(), [r for r, _, _ in routed])
+        await counters.save(session)
+    return routed, suppressed

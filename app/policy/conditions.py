@@ -1,0 +1,161 @@
+"""The small declarative condition language used by fit rules and routing rules.
+
+A condition is data, never code::
+
+    {field: account.employees, between: [200, 10000]}
+    {field: lead.title, matches: "(?i)\\bVP\\b"}
+    {field: lead.email_domain, in_list: free_mail}
+    {any: [<condition>, ...]}   {all: [...]}   {not: <condition>}
+
+``compile_condition`` turns one into a plain closure over a context
+``{"lead": {...}, "account": {...}, "score": {...}, "event": {...}}``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+OPERATORS = ("eq", "in_", "between", "gte", "lte", "matches", "exists", "in_list")
+FIELD_ROOTS = ("lead", "account", "score", "event")
+
+Context = Mapping[str, Mapping[str, Any]]
+Predicate = Callable[[Context], bool]
+
+
+class Condition(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    field: str | None = None
+    eq: Any = None
+    in_: list[Any] | None = Field(default=None, alias="in")
+    between: tuple[float, float] | None = None
+    gte: float | None = None
+    lte: float | None = None
+    matches: str | None = None
+    exists: bool | None = None
+    in_list: str | None = None
+    all: list[Condition] | None = None
+    any: list[Condition] | None = None
+    not_: Condition | None = Field(default=None, alias="not")
+
+    @model_validator(mode="after")
+    def _one_operator(self) -> Condition:
+        combinators = [c for c in ("all", "any", "not_") if getattr(self, c) is not None]
+        ops = [o for o in OPERATORS if getattr(self, o) is not None]
+        if combinators:
+            if len(combinators) > 1 or ops or self.field is not None:
+                raise ValueError("a combinator (all/any/not) stands alone")
+            return self
+        if self.field is None:
+            raise ValueError("a condition needs `field` and one operator, or all/any/not")
+        root = self.field.split(".", 1)[0]
+        if root not in FIELD_ROOTS or "." not in self.field:
+            raise ValueError(
+                f'field "{self.field}" must start with one of {", ".join(FIELD_ROOTS)} '
+                "followed by a dot"
+            )
+        if len(ops) != 1:
+            raise ValueError(
+                "exactly one operator of eq, in, between, gte, lte, matches, exists, in_list"
+            )
+        if self.matches is not None:
+            try:
+                re.compile(self.matches)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression: {exc}") from exc
+        if self.between is not None and self.between[0] > self.between[1]:
+            raise ValueError("between: the lower bound exceeds the upper bound")
+        return self
+
+    def list_names(self) -> list[str]:
+        """Names of every ``in_list`` list this condition refers to."""
+        names = [self.in_list] if self.in_list else []
+        for child in (self.all or []) + (self.any or []) + ([self.not_] if self.not_ else []):
+            names.extend(child.list_names())
+        return names
+
+
+def _lookup(ctx: Context, path: str) -> Any:
+    root, _, rest = path.partition(".")
+    node: Any = ctx.get(root)
+    for part in rest.split("."):
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(part)
+    return node
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int | float):
+        return float(v)
+    return None
+
+
+def _norm(v: Any) -> Any:
+    return v.lower() if isinstance(v, str) else v
+
+
+def compile_condition(cond: Condition, lists: Mapping[str, frozenset[str]]) -> Predicate:
+    """Compile a validated condition into a predicate; string comparisons ignore case."""
+    if cond.all is not None:
+        parts = [compile_condition(c, lists) for c in cond.all]
+        return lambda ctx: all(p(ctx) for p in parts)
+    if cond.any is not None:
+        parts = [compile_condition(c, lists) for c in cond.any]
+        return lambda ctx: any(p(ctx) for p in parts)
+    if cond.not_ is not None:
+        inner = compile_condition(cond.not_, lists)
+        return lambda ctx: not inner(ctx)
+
+    path = cond.field
+    assert path is not None
+    if cond.eq is not None:
+        want = _norm(cond.eq)
+        return lambda ctx: _norm(_lookup(ctx, path)) == want
+    if cond.in_ is not None:
+        options = frozenset(_norm(v) for v in cond.in_)
+        return lambda ctx: _norm(_lookup(ctx, path)) in options
+    if cond.between is not None:
+        lo, hi = cond.between
+
+        def between(ctx: Context) -> bool:
+            v = _num(_lookup(ctx, path))
+            return v is not None and lo <= v <= hi
+
+        return between
+    if cond.gte is not None:
+        bound = cond.gte
+
+        def gte(ctx: Context) -> bool:
+            v = _num(_lookup(ctx, path))
+            return v is not None and v >= bound
+
+        return gte
+    if cond.lte is not None:
+        bound_hi = cond.lte
+
+        def lte(ctx: Context) -> bool:
+            v = _num(_lookup(ctx, path))
+            return v is not None and v <= bound_hi
+
+        return lte
+    if cond.matches is not None:
+        rx = re.compile(cond.matches)
+
+        def matches(ctx: Context) -> bool:
+            v = _lookup(ctx, path)
+            return isinstance(v, str) and rx.search(v) is not None
+
+        return matches
+    if cond.exists is not None:
+        want_exists = cond.exists
+        return lambda ctx: (_lookup(ctx, path) not in (None, "")) == want_exists
+    assert cond.in_list is not None
+    members = lists.get(cond.in_list, frozenset())
+    return lambda ctx: _norm(_lookup(ctx, path)) in members

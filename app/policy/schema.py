@@ -1,0 +1,346 @@
+"""The policy document: one versioned YAML/JSON document RevOps edits.
+
+``parse_policy`` validates a document and returns either a ``PolicyDoc`` or a list of
+errors, each naming the exact path (``routing.rules[2].when.band: unknown band "hott"``).
+``CompiledPolicy`` is the runtime form the pipeline uses: conditions compiled to
+closures, durations in seconds, lists as frozensets.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from app.policy.conditions import Condition, Context, compile_condition
+from app.scoring.decay import SignalSpec
+
+TIERS = ("tier_1", "tier_2", "tier_3")
+TIER_RANK = {"tier_1": 3, "tier_2": 2, "tier_3": 1}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+
+def parse_duration(v: Any) -> float:
+    """``"14d"``, ``"12h"``, ``"30m"``, ``"90s"`` or a number of seconds → seconds (> 0)."""
+    if isinstance(v, bool):
+        raise ValueError("a duration is a number of seconds or a string like 14d, 12h, 30m")
+    if isinstance(v, int | float):
+        seconds = float(v)
+    elif isinstance(v, str) and (m := _DURATION.match(v)):
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    else:
+        raise ValueError(f"invalid duration {v!r}: use seconds or a string like 14d, 12h, 30m")
+    if seconds <= 0:
+        raise ValueError("a duration must be positive")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class Band(_Strict):
+    name: str
+    min: float = Field(ge=0, le=100)
+    # Hysteresis: once in this band a lead stays until its total falls below exit_below.
+    exit_below: float | None = Field(default=None, ge=0, le=100)
+
+
+class Scoring(_Strict):
+    fit_max: float = Field(default=50, gt=0)
+    intent_max: float = Field(default=50, gt=0)
+    bands: list[Band]
+
+
+class Signal(_Strict):
+    points: float
+    half_life: Duration
+
+
+class FitRule(_Strict):
+    name: str
+    points: float
+    when: Condition
+
+
+class Fit(_Strict):
+    rules: list[FitRule] = []
+
+
+class PageRule(_Strict):
+    prefix: str
+    signal: str
+
+
+class SegmentMapping(_Strict):
+    track: dict[str, str] = {}
+    pages: list[PageRule] = []
+    default_page: str | None = None
+
+
+class RuleWhen(_Strict):
+    band: str | list[str] | None = None
+    tier: str | list[str] | None = None
+    active_leads_gte: int | None = Field(default=None, ge=1)
+    conditions: list[Condition] = []
+
+
+class RoutingRule(_Strict):
+    name: str
+    kind: Literal["lead", "account"] = "lead"
+    when: RuleWhen = RuleWhen()
+    team: str
+    assignment: Literal["account_owner", "round_robin", "fixed"] = "round_robin"
+    assignee: str | None = None
+    destinations: list[str] | None = None
+
+
+class Surge(_Strict):
+    active_lead_intent: float = Field(default=15, ge=0)
+    window: Duration = 7 * 86400
+
+
+class DefaultQueue(_Strict):
+    team: str
+    assignee: str | None = None
+
+
+class Routing(_Strict):
+    cooldown: Duration = 86400
+    route_bands: list[str] = ["hot"]
+    surge: Surge = Surge()
+    rules: list[RoutingRule] = []
+    default_queue: DefaultQueue
+
+
+class Team(_Strict):
+    members: list[str] = []
+    daily_cap: int | None = Field(default=None, ge=1)
+    assignee: str | None = None  # who `fixed` assignment picks when the rule names nobody
+
+
+class Feedback(_Strict):
+    rejection_reasons: list[str] = [
+        "bad_fit",
+        "no_authority",
+        "no_budget",
+        "wrong_market",
+        "too_early",
+        "unresponsive",
+        "competitor",
+        "student",
+        "duplicate",
+        "other",
+    ]
+
+
+class PolicyDoc(_Strict):
+    scoring: Scoring
+    signals: dict[str, Signal]
+    fit: Fit = Fit()
+    lists: dict[str, list[str]] = {}
+    segment: SegmentMapping = SegmentMapping()
+    routing: Routing
+    teams: dict[str, Team] = {}
+    feedback: Feedback = Feedback()
+
+
+@dataclass(frozen=True)
+class PolicyError:
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+def _path(loc: Sequence[int | str]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.startswith("function-") or part in ("str", "list[str]", "list[Any]"):
+            continue  # pydantic's union/validator branch labels are not document paths
+        else:
+            out += ("." if out else "") + part
+    return out
+
+
+def _cross_check(doc: PolicyDoc) -> list[PolicyError]:
+    errors: list[PolicyError] = []
+    bands = {b.name for b in doc.scoring.bands}
+    if "cold" not in bands and not any(b.min == 0 for b in doc.scoring.bands):
+        errors.append(PolicyError("scoring.bands", "one band must start at min 0"))
+    if len(bands) != len(doc.scoring.bands):
+        errors.append(PolicyError("scoring.bands", "band names must be unique"))
+    for i, b in enumerate(doc.scoring.bands):
+        if b.exit_below is not None and b.exit_below > b.min:
+            errors.append(PolicyError(f"scoring.bands[{i}].exit_below", "must not exceed min"))
+    for signal, spec in doc.signals.items():
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", signal):
+            errors.append(PolicyError(f"signals.{signal}", "signal names are lower_snake_case"))
+        del spec
+
+    def check_condition(cond: Condition, path: str) -> None:
+        for name in cond.list_names():
+            if name not in doc.lists:
+                errors.append(PolicyError(path, f'unknown list "{name}"'))
+
+    for i, rule in enumerate(doc.fit.rules):
+        check_condition(rule.when, f"fit.rules[{i}].when")
+    for name, signal in doc.segment.track.items():
+        if signal not in doc.signals:
+            errors.append(PolicyError(f"segment.track.{name}", f'unknown signal "{signal}"'))
+    for i, page in enumerate(doc.segment.pages):
+        if page.signal not in doc.signals:
+            errors.append(
+                PolicyError(f"segment.pages[{i}].signal", f'unknown signal "{page.signal}"')
+            )
+    if doc.segment.default_page and doc.segment.default_page not in doc.signals:
+        errors.append(
+            PolicyError("segment.default_page", f'unknown signal "{doc.segment.default_page}"')
+        )
+    for i, band in enumerate(doc.routing.route_bands):
+        if band not in bands:
+            errors.append(PolicyError(f"routing.route_bands[{i}]", f'unknown band "{band}"'))
+    seen_rules: set[str] = set()
+    for i, rule in enumerate(doc.routing.rules):
+        base = f"routing.rules[{i}]"
+        if rule.name in seen_rules:
+            errors.append(PolicyError(f"{base}.name", f'duplicate rule name "{rule.name}"'))
+        seen_rules.add(rule.name)
+        for band in _as_list(rule.when.band):
+            if band not in bands:
+                errors.append(PolicyError(f"{base}.when.band", f'unknown band "{band}"'))
+        for tier in _as_list(rule.when.tier):
+            if tier not in (*TIERS, "none"):
+                errors.append(
+                    PolicyError(
+                        f"{base}.when.tier",
+                        f'unknown tier "{tier}" (use tier_1, tier_2, tier_3 or none)',
+                    )
+                )
+        if rule.kind == "lead" and rule.when.active_leads_gte is not None:
+            errors.append(
+                PolicyError(f"{base}.when.active_leads_gte", "only account rules count leads")
+            )
+        if rule.kind == "account" and rule.when.band is not None:
+            errors.append(PolicyError(f"{base}.when.band", "account rules do not have a band"))
+        if rule.team not in doc.teams:
+            errors.append(PolicyError(f"{base}.team", f'unknown team "{rule.team}"'))
+        for j, cond in enumerate(rule.when.conditions):
+            check_condition(cond, f"{base}.when.conditions[{j}]")
+    if doc.routing.default_queue.team not in doc.teams:
+        errors.append(
+            PolicyError(
+                "routing.default_queue.team", f'unknown team "{doc.routing.default_queue.team}"'
+            )
+        )
+    return errors
+
+
+def _as_list(v: str | list[str] | None) -> list[str]:
+    if v is None:
+        return []
+    return [v] if isinstance(v, str) else list(v)
+
+
+def parse_policy(raw: Any) -> tuple[PolicyDoc | None, list[PolicyError]]:
+    """Validate a policy document; errors name the exact path of each problem."""
+    if not isinstance(raw, Mapping):
+        return None, [PolicyError("", "the policy must be a mapping (YAML or JSON object)")]
+    try:
+        doc = PolicyDoc.model_validate(raw)
+    except ValidationError as exc:
+        errors = []
+        for err in exc.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown field"
+            errors.append(PolicyError(_path(err["loc"]), msg))
+        return None, errors
+    errors = _cross_check(doc)
+    return (None, errors) if errors else (doc, [])
+
+
+FitPredicate = Callable[[Context], bool]
+
+
+@dataclass(frozen=True)
+class CompiledRule:
+    rule: RoutingRule
+    bands: frozenset[str] | None
+    tiers: frozenset[str] | None
+    conditions: tuple[FitPredicate, ...]
+
+
+class CompiledPolicy:
+    """The runtime form of one accepted policy version."""
+
+    def __init__(self, version: int, doc: PolicyDoc) -> None:
+        self.version = version
+        self.doc = doc
+        self.lists = {k: frozenset(v.lower() for v in vals) for k, vals in doc.lists.items()}
+        self.signals = {k: SignalSpec(s.points, s.half_life) for k, s in doc.signals.items()}
+        self.half_lives = {k: s.half_life for k, s in doc.signals.items()}
+        self.fit_rules = [
+            (r.name, r.points, compile_condition(r.when, self.lists)) for r in doc.fit.rules
+        ]
+        self.fit_max = doc.scoring.fit_max
+        self.intent_max = doc.scoring.intent_max
+        # Highest band first so the first band whose min is reached wins.
+        self.bands = sorted(doc.scoring.bands, key=lambda b: b.min, reverse=True)
+        self.band_rank = {b.name: len(self.bands) - i for i, b in enumerate(self.bands)}
+        self.band_by_name = {b.name: b for b in self.bands}
+        self.route_bands = frozenset(doc.routing.route_bands)
+        self.free_mail = self.lists.get("free_mail", frozenset())
+        self.rules = [
+            CompiledRule(
+                rule=r,
+                bands=frozenset(_as_list(r.when.band)) if r.when.band is not None else None,
+                tiers=frozenset(_as_list(r.when.tier)) if r.when.tier is not None else None,
+                conditions=tuple(compile_condition(c, self.lists) for c in r.when.conditions),
+            )
+            for r in doc.routing.rules
+        ]
+
+    def band_for(self, total: float, previous: str | None) -> str:
+        """The band for ``total``, with hysteresis relative to ``previous``."""
+        candidate = self.bands[-1].name
+        for band in self.bands:
+            if total >= band.min:
+                candidate = band.name
+                break
+        if previous is not None and previous in self.band_by_name:
+            prev = self.band_by_name[previous]
+            if self.band_rank[previous] > self.band_rank[candidate]:
+                exit_below = prev.exit_below if prev.exit_below is not None else prev.min
+                if total >= exit_below:
+                    return previous
+        return candidate
+
+    def fit(self, ctx: Context) -> tuple[float, list[tuple[str, float]]]:
+        """Clamped sum of matching fit rules, and the rules that matched."""
+        matched = [(name, points) for name, points, pred in self.fit_rules if pred(ctx)]
+        total = sum(p for _, p in matched)
+        return max(0.0, min(self.fit_max, total)), matched
+
+    def signal_for_segment_track(self, event_name: str) -> str | None:
+        return self.doc.segment.track.get(event_name)
+
+    def signal_for_page(self, path: str) -> str | None:
+        for page in self.doc.segment.pages:
+            if path.startswith(page.prefix):
+                return page.signal
+        return self.doc.segment.default_page
+
+
+def policy_summary(doc: PolicyDoc) -> dict[str, Any]:
+    return doc.model_dump(mode="json", by_alias=True, exclude_none=True)

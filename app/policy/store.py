@@ -1,0 +1,78 @@
+"""Policy versions in the database; the newest version is the active one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db import dumps, policies
+from app.errors import InvalidInput
+from app.policy.defaults import default_policy_raw, default_policy_text
+from app.policy.schema import CompiledPolicy, PolicyDoc, parse_policy
+
+
+def validate_or_raise(raw: Any) -> PolicyDoc:
+    doc, errors = parse_policy(raw)
+    if doc is None:
+        raise InvalidInput(
+            f"the policy is invalid: {errors[0]}"
+            + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""),
+            code="policy_invalid",
+            field=errors[0].path or None,
+            errors=[{"path": e.path, "message": e.message} for e in errors],
+        )
+    return doc
+
+
+async def active_policy(session: AsyncSession) -> CompiledPolicy | None:
+    row = (
+        await session.execute(select(policies).order_by(policies.c.version.desc()).limit(1))
+    ).first()
+    if row is None:
+        return None
+    doc = PolicyDoc.model_validate(orjson.loads(row.document))
+    return CompiledPolicy(row.version, doc)
+
+
+async def save_version(
+    session: AsyncSession,
+    doc: PolicyDoc,
+    *,
+    source_text: str | None,
+    created_by: str | None,
+    now: float,
+    comment: str | None = None,
+) -> CompiledPolicy:
+    """Store ``doc`` as the next version (the caller commits)."""
+    current = (await session.execute(select(func.max(policies.c.version)))).scalar()
+    version = (current or 0) + 1
+    await session.execute(
+        policies.insert().values(
+            version=version,
+            document=dumps(doc.model_dump(mode="json", by_alias=True, exclude_none=True)),
+            source_text=source_text,
+            created_at=now,
+            created_by=created_by,
+            comment=comment,
+        )
+    )
+    return CompiledPolicy(version, doc)
+
+
+async def ensure_default(session: AsyncSession, now: float) -> CompiledPolicy:
+    """The active policy; on first start, the shipped default becomes version 1."""
+    policy = await active_policy(session)
+    if policy is not None:
+        return policy
+    doc = validate_or_raise(default_policy_raw())
+    return await save_version(
+        session,
+        doc,
+        source_text=default_policy_text(),
+        created_by="default",
+        now=now,
+        comment="shipped default policy",
+    )

@@ -1,0 +1,108 @@
+"""Routing decisions: what was decided, why, and the webhook body that carries it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from app.clock import iso, new_id
+
+
+@dataclass
+class Candidate:
+    """A lead whose band rose, or an account that surged, waiting to be routed."""
+
+    kind: str  # lead | account
+    lead_id: str | None
+    account_domain: str | None
+    band: str | None
+    previous_band: str | None
+    tier: str | None
+    account_owner: str | None
+    active_leads: int
+    ctx: dict[str, Any]  # what rule conditions see
+    lead: dict[str, Any] | None
+    account: dict[str, Any] | None
+    score: dict[str, Any]
+    signals: list[dict[str, Any]]
+    fit_breakdown: list[dict[str, Any]]
+    trigger_event_id: str | None
+    event_received_at: float | None
+
+
+def decision_type(kind: str) -> str:
+    return "lead.routed" if kind == "lead" else "account.surge"
+
+
+def explain(
+    c: Candidate, rule: str | None, team: str, assignee: str | None, strategy: str, escalation: bool
+) -> str:
+    s = c.score
+    if c.kind == "lead":
+        head = (
+            f"lead {c.lead_id} rose from {c.previous_band or 'new'} to {c.band} "
+            f"(total {s['total']:.1f} = fit {s['fit']:.1f} + intent {s['intent']:.1f})"
+        )
+    else:
+        head = f"account {c.account_domain} surged: {c.active_leads} active leads"
+    where = f" at {c.tier} account {c.account_domain}" if c.tier and c.kind == "lead" else ""
+    top = ", ".join(f"{x['signal']} {x['score']:.1f}" for x in c.signals[:3])
+    matched = f'rule "{rule}"' if rule else "no rule matched: default queue"
+    who = f"{assignee} ({strategy})" if assignee else f"unassigned ({strategy})"
+    esc = "; escalation within cooldown" if escalation else ""
+    return f"{head}{where}; top signals: {top or 'none'}; {matched} → team {team}, {who}{esc}"
+
+
+def build(
+    c: Candidate,
+    *,
+    rule: str | None,
+    team: str,
+    assignee: str | None,
+    strategy: str,
+    escalation: bool,
+    policy_version: int,
+    now: float,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(decision row, webhook body) for one routed candidate."""
+    decision_id = new_id("dec", now)
+    reason = explain(c, rule, team, assignee, strategy, escalation)
+    body = {
+        "type": decision_type(c.kind),
+        "timestamp": iso(now),
+        "data": {
+            "decision_id": decision_id,
+            "lead": c.lead,
+            "account": c.account,
+            "score": c.score,
+            "rule": rule or "default_queue",
+            "team": team,
+            "assignee": assignee,
+            "assignment": strategy,
+            "escalation": escalation,
+            "reason": reason,
+            "signals": c.signals,
+            "fit_breakdown": c.fit_breakdown,
+            "active_leads": c.active_leads if c.kind == "account" else None,
+            "policy_version": policy_version,
+            "trigger_event_id": c.trigger_event_id,
+            "event_received_at": iso(c.event_received_at),
+        },
+    }
+    row = {
+        "id": decision_id,
+        "type": body["type"],
+        "lead_id": c.lead_id,
+        "account_domain": c.account_domain,
+        "rule": rule or "default_queue",
+        "team": team,
+        "assignee": assignee,
+        "band": c.band,
+        "tier": c.tier,
+        "reason": reason,
+        "policy_version": policy_version,
+        "trigger_event_id": c.trigger_event_id,
+        "event_received_at": c.event_received_at,
+        "created_at": now,
+    }
+    return row, body

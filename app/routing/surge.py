@@ -1,0 +1,109 @@
+"""Account surges: how many of an account's leads are actively showing intent."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.clock import iso
+from app.db import leads
+from app.matching.identity import BatchState
+from app.routing.decisions import Candidate
+from app.scoring.decay import Accumulators, raw_intent, signal_scores
+from app.scoring.engine import account_snapshot, top_signals
+from app.scoring.state import _accs, _chunks
+
+
+def _count_active(
+    members: dict[str, tuple[Accumulators, float]], state: BatchState, threshold: float
+) -> int:
+    policy, now = state.policy, state.now
+    cutoff = now - policy.doc.routing.surge.window
+    return sum(
+        1
+        for signals, last_event_at in members.values()
+        if last_event_at >= cutoff and raw_intent(signals, now, policy.signals) >= threshold
+    )
+
+
+async def surge_candidates(
+    session: AsyncSession, state: BatchState, touched: set[str]
+) -> list[Candidate]:
+    """Recount active leads of touched accounts; a Candidate for each whose count rose."""
+    policy, now = state.policy, state.now
+    account_rules = [r for r in policy.rules if r.rule.kind == "account"]
+    if not account_rules or not touched:
+        return []
+    tiers_of_interest = set().union(*(r.tiers or {"*"} for r in account_rules))
+    domains = sorted(
+        d
+        for d in touched
+        if "*" in tiers_of_interest or (state.accounts[d].tier or "none") in tiers_of_interest
+    )
+    if not domains:
+        return []
+    surge = policy.doc.routing.surge
+    cutoff = now - surge.window
+    before: dict[str, dict[str, tuple[Accumulators, float]]] = {d: {} for d in domains}
+    for chunk in _chunks(domains):
+        rows = await session.execute(
+            select(
+                leads.c.lead_id, leads.c.account_domain, leads.c.signals, leads.c.last_event_at
+            ).where(
+                leads.c.account_domain.in_(chunk),
+                leads.c.merged_into.is_(None),
+                leads.c.last_event_at >= cutoff,
+            )
+        )
+        for r in rows:
+            if r.lead_id not in state.leads:
+                before[r.account_domain][r.lead_id] = (_accs(r.signals), r.last_event_at)
+    after = {d: dict(m) for d, m in before.items()}
+    for lead_id, (domain, signals, last) in state.base_signals.items():
+        if domain in before:
+            before[domain][lead_id] = (signals, last)
+    for lead in state.leads.values():
+        if lead.account_domain in after and lead.merged_into is None:
+            after[lead.account_domain][lead.lead_id] = (lead.signals, lead.last_event_at)
+
+    out: list[Candidate] = []
+    for domain in domains:
+        acct = state.accounts[domain]
+        n_before = _count_active(before[domain], state, surge.active_lead_intent)
+        n_after = _count_active(after[domain], state, surge.active_lead_intent)
+        if n_after != acct.active_leads:
+            acct.active_leads = n_after
+            acct.dirty = True
+        if n_after <= n_before:
+            continue
+        trigger = state.account_trigger.get(domain)
+        intent = max(0.0, raw_intent(acct.signals, now, policy.signals))
+        score = {
+            "total": None,
+            "fit": None,
+            "intent": round(intent, 4),
+            "band": None,
+            "evaluated_at": iso(now),
+            "policy_version": policy.version,
+        }
+        out.append(
+            Candidate(
+                kind="account",
+                lead_id=None,
+                account_domain=domain,
+                band=None,
+                previous_band=None,
+                tier=acct.tier,
+                account_owner=acct.owner,
+                active_leads=n_after,
+                ctx={"account": acct.context(), "score": score, "lead": {}, "event": {}},
+                lead=None,
+                account=account_snapshot(acct),
+                score=score,
+                signals=top_signals(signal_scores(acct.signals, now, policy.signals)),
+                fit_breakdown=[],
+                trigger_event_id=trigger.event_id if trigger else None,
+                event_received_at=trigger.received_at if trigger else None,
+            )
+        )
+    return out

@@ -1,0 +1,138 @@
+"""Everything a running service holds: engine, policy, batcher, dispatcher, caches."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app import pipeline
+from app.auth import KeyStore, create_key
+from app.clock import Clock
+from app.config import Settings
+from app.db import api_keys, make_engine, make_sessionmaker, policies
+from app.delivery.destinations import DestinationCache
+from app.delivery.dispatcher import LEASE_SECONDS, Dispatcher
+from app.delivery.ssrf import SsrfGuard
+from app.ingest.batcher import Batcher
+from app.ingest.schemas import Event
+from app.migrate import upgrade
+from app.observability import metrics
+from app.policy.schema import CompiledPolicy
+from app.policy.store import active_policy, ensure_default
+
+log = logging.getLogger(__name__)
+
+POLICY_REFRESH_SECONDS = 5.0
+
+
+class Runtime:
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or Clock()
+        self.engine: AsyncEngine = make_engine(settings)
+        self.sessionmaker: async_sessionmaker[AsyncSession] = make_sessionmaker(self.engine)
+        self.keys = KeyStore(self.sessionmaker)
+        self.destinations = DestinationCache(self.sessionmaker)
+        self.guard = SsrfGuard(settings.delivery_allowed_hosts)
+        self.policy: CompiledPolicy | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.batcher = Batcher(
+            self.process,
+            max_events=settings.batch_max_events,
+            max_queue=settings.ingest_queue_max_events,
+            linger_ms=settings.batch_max_wait_ms,
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        self.bootstrap_key: str | None = None
+
+    async def start(self, *, migrate: bool = True, dispatcher: bool = True) -> None:
+        if migrate:
+            await upgrade(self.engine)
+        async with self.sessionmaker() as session, session.begin():
+            self.set_policy(await ensure_default(session, self.clock.now()))
+            if self.settings.bootstrap_admin_key:
+                n_keys = await session.execute(select(func.count()).select_from(api_keys))
+                if not n_keys.scalar():
+                    _, self.bootstrap_key = await create_key(
+                        session,
+                        name="bootstrap-admin",
+                        scopes=["ingest", "read", "admin", "feedback"],
+                        now=self.clock.now(),
+                    )
+        if dispatcher:
+            self.dispatcher = Dispatcher(
+                self.sessionmaker,
+                self.destinations,
+                self.guard,
+                self.clock,
+                timeout=self.settings.delivery_timeout_seconds,
+                concurrency=self.settings.delivery_concurrency_per_destination,
+            )
+            self.dispatcher.start()
+        self.batcher.start()
+        self._tasks.append(asyncio.create_task(self._refresh_policy(), name="policy-refresh"))
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.dispatcher is not None:
+            await self.dispatcher.stop()
+        await self.engine.dispose()
+
+    def set_policy(self, policy: CompiledPolicy) -> None:
+        self.policy = policy
+        metrics.POLICY_VERSION.set(policy.version)
+
+    async def _refresh_policy(self) -> None:
+        """Pick up versions applied by another replica or the CLI."""
+        while True:
+            await asyncio.sleep(POLICY_REFRESH_SECONDS)
+            try:
+                async with self.sessionmaker() as session:
+                    newest = (await session.execute(select(func.max(policies.c.version)))).scalar()
+                    if self.policy is None or (newest and newest != self.policy.version):
+                        policy = await active_policy(session)
+                        if policy is not None:
+                            self.set_policy(policy)
+            except Exception:
+                log.exception("policy refresh failed")
+
+    async def process(self, batch: list[Event]) -> list[pipeline.EventStatus]:
+        """One pipeline transaction; deliveries go to the dispatcher after the commit."""
+        assert self.policy is not None
+        policy = self.policy
+        now = self.clock.now()
+        destinations = await self.destinations.all()
+        lease = now + LEASE_SECONDS if self.dispatcher is not None else None
+        async with self.sessionmaker() as session, session.begin():
+            result = await pipeline.process(
+                session,
+                batch,
+                policy=policy,
+                destinations=destinations,
+                now=now,
+                lease_until=lease,
+            )
+        by_id = {ev.event_id: ev for ev in batch}
+        for st in result.statuses:
+            ev = by_id[st.event_id]
+            if st.status == "accepted":
+                metrics.EVENTS_INGESTED.labels(ev.source, ev.type, ev.transport).inc()
+            elif st.status == "duplicate":
+                metrics.EVENTS_DUPLICATE.labels(ev.transport).inc()
+            else:
+                metrics.EVENTS_REJECTED.labels(ev.transport, st.code or "invalid").inc()
+        for d in result.decisions:
+            metrics.DECISIONS.labels(d["type"], d["rule"], d["team"]).inc()
+        if result.suppressed:
+            metrics.DECISIONS_SUPPRESSED.inc(result.suppressed)
+        if self.dispatcher is not None and result.deliveries:
+            self.dispatcher.submit(result.deliveries)
+        return result.statuses

@@ -1,0 +1,150 @@
+"""Apply one event to its lead and account, and evaluate scores at a given time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from app.clock import iso
+from app.ingest.schemas import ATTRIBUTE_ONLY_TYPES, Event
+from app.matching.identity import BatchState, email_domain
+from app.policy.schema import CompiledPolicy
+from app.routing.decisions import Candidate
+from app.scoring.decay import apply_event, clamp, signal_scores
+from app.scoring.state import AccountState, LeadState
+
+TOP_SIGNALS = 5
+
+
+@dataclass
+class Evaluation:
+    fit: float
+    fit_breakdown: list[tuple[str, float]]
+    intent: float
+    total: float
+    signals: dict[str, float]
+
+
+def lead_context(lead: LeadState) -> dict[str, Any]:
+    ctx = dict(lead.attributes)
+    ctx.update(
+        lead_id=lead.lead_id,
+        email=lead.email,
+        email_domain=email_domain(lead.email),
+        source=lead.source,
+    )
+    return ctx
+
+
+def evaluate(
+    policy: CompiledPolicy, lead: LeadState, account: AccountState | None, t: float
+) -> Evaluation:
+    """Fit (recomputed from current attributes) and intent decayed to ``t``."""
+    ctx = {"lead": lead_context(lead), "account": account.context() if account else {}}
+    fit, breakdown = policy.fit(ctx)
+    signals = signal_scores(lead.signals, t, policy.signals)
+    intent = clamp(sum(signals.values()), 0.0, policy.intent_max)
+    return Evaluation(fit, breakdown, intent, fit + intent, signals)
+
+
+def top_signals(signals: dict[str, float]) -> list[dict[str, Any]]:
+    ranked = sorted(signals.items(), key=lambda kv: -abs(kv[1]))
+    return [{"signal": k, "score": round(v, 4)} for k, v in ranked[:TOP_SIGNALS] if v]
+
+
+def account_snapshot(account: AccountState | None) -> dict[str, Any] | None:
+    if account is None:
+        return None
+    return {
+        "domain": account.domain,
+        "name": account.name,
+        "tier": account.tier,
+        "owner": account.owner,
+        "territory": account.territory,
+        "industry": account.industry,
+        "employees": account.employees,
+        "country": account.country,
+        "annual_revenue": account.annual_revenue,
+    }
+
+
+def apply(state: BatchState, ev: Event) -> Candidate | None:
+    """Fold ``ev`` into its lead and account; a Candidate when the lead's band rose."""
+    policy, now = state.policy, state.now
+    lead = state.resolve(ev)
+    state.attach(lead, state.account_domain_for(ev, lead))
+    for key, value in ev.lead_attrs.items():
+        if lead.attributes.get(key) != value:
+            lead.attributes[key] = value
+    if ev.account_domain and ev.account_attrs:
+        acct_for_attrs = state.account(ev.account_domain)
+        if acct_for_attrs.update(ev.account_attrs):
+            acct_for_attrs.updated_at = now
+            acct_for_attrs.dirty = True
+    account = state.accounts.get(lead.account_domain) if lead.account_domain else None
+
+    if ev.type not in ATTRIBUTE_ONLY_TYPES:
+        spec = policy.signals[ev.type]
+        lead.signals[ev.type] = apply_event(
+            lead.signals.get(ev.type), ev.occurred_at, spec.half_life
+        )
+        if account is not None:
+            account.signals[ev.type] = apply_event(
+                account.signals.get(ev.type), ev.occurred_at, spec.half_life
+            )
+            account.last_event_at = max(account.last_event_at or 0.0, ev.occurred_at)
+            state.account_trigger[account.domain] = ev
+            account.dirty = True
+        lead.last_event_at = max(lead.last_event_at, ev.occurred_at)
+
+    ev_ = evaluate(policy, lead, account, now)
+    previous = lead.band  # a new lead starts in the lowest band
+    band = policy.band_for(ev_.total, previous)
+    rose = policy.band_rank[band] > policy.band_rank.get(previous, 0)
+    if band != lead.band:
+        lead.band, lead.band_at = band, now
+    lead.fit, lead.intent = ev_.fit, ev_.intent
+    lead.policy_version = policy.version
+    lead.updated_at = now
+    lead.dirty = True
+    if not rose:
+        return None
+    tier = account.tier if account else None
+    score = {
+        "total": round(ev_.total, 4),
+        "fit": round(ev_.fit, 4),
+        "intent": round(ev_.intent, 4),
+        "band": band,
+        "evaluated_at": iso(now),
+        "policy_version": policy.version,
+    }
+    lead_ctx = lead_context(lead)
+    acct = account_snapshot(account)
+    return Candidate(
+        kind="lead",
+        lead_id=lead.lead_id,
+        account_domain=lead.account_domain,
+        band=band,
+        previous_band=previous,
+        tier=tier,
+        account_owner=account.owner if account else None,
+        active_leads=account.active_leads if account else 0,
+        ctx={
+            "lead": lead_ctx,
+            "account": account.context() if account else {},
+            "score": score,
+            "event": {
+                "type": ev.type,
+                "source": ev.source,
+                "campaign": ev.campaign,
+                "properties": ev.properties,
+            },
+        },
+        lead={k: v for k, v in lead_ctx.items() if v is not None},
+        account=acct,
+        score=score,
+        signals=top_signals(ev_.signals),
+        fit_breakdown=[{"rule": r, "points": p} for r, p in ev_.fit_breakdown],
+        trigger_event_id=ev.event_id,
+        event_received_at=ev.received_at,
+    )
