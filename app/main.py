@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api import admin, read
@@ -49,16 +49,15 @@ def create_app(
         version="0.1.0",
         summary="Real-time intent scoring and lead routing",
         lifespan=lifespan,
-        default_response_class=ORJSONResponse,
     )
     app.state.runtime = runtime
 
     @app.exception_handler(AppError)
-    async def app_error(_: Request, exc: AppError) -> ORJSONResponse:
-        return ORJSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+    async def app_error(_: Request, exc: AppError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> ORJSONResponse:
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
             {
                 "field": error_field(tuple(e["loc"])[1:]) or error_field(tuple(e["loc"])),
@@ -68,7 +67,7 @@ def create_app(
             for e in exc.errors()
         ]
         first = errors[0] if errors else {"field": None, "message": "invalid request"}
-        return ORJSONResponse(
+        return JSONResponse(
             {
                 "code": "invalid_input",
                 "message": f"{first['field']}: {first['message']}",
@@ -79,16 +78,14 @@ def create_app(
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return ORJSONResponse(
-            {"code": code, "message": str(exc.detail)}, status_code=exc.status_code
-        )
+        return JSONResponse({"code": code, "message": str(exc.detail)}, status_code=exc.status_code)
 
     @app.exception_handler(Exception)
-    async def unexpected(_: Request, exc: Exception) -> ORJSONResponse:
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
-        return ORJSONResponse(
+        return JSONResponse(
             {"code": "internal_error", "message": "an unexpected error occurred"},
             status_code=500,
         )

@@ -1,0 +1,162 @@
+"""Real servers on loopback for tests: the service itself and a webhook receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from app.clock import Clock
+from app.config import Settings
+from app.main import create_app
+from app.runtime import Runtime
+
+
+def loopback_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(512)
+    sock.setblocking(False)
+    return sock
+
+
+@contextlib.asynccontextmanager
+async def serve(app: Any) -> AsyncIterator[str]:
+    """Run an ASGI app with uvicorn on a free loopback port; yields its base URL."""
+    sock = loopback_socket()
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
+    )
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if task.done():
+            task.result()
+        if time.monotonic() > deadline:
+            raise RuntimeError("server did not start")
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+@dataclass
+class Receiver:
+    """A webhook receiver that records every request and answers ``status``."""
+
+    url: str = ""
+    status: int = 204
+    requests: list[Received] = field(default_factory=list)
+    _arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def handle(self, request: Request) -> Response:
+        body = await request.body()
+        self.requests.append(Received(request.url.path, dict(request.headers), body, time.time()))
+        self._arrived.set()
+        return Response(status_code=self.status)
+
+    async def wait_for(self, n: int, timeout: float = 10.0) -> list[Received]:
+        deadline = time.monotonic() + timeout
+        while len(self.requests) < n:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"expected {n} webhooks, got {len(self.requests)}")
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+        return self.requests
+
+
+@contextlib.asynccontextmanager
+async def receiver() -> AsyncIterator[Receiver]:
+    rec = Receiver()
+    app = Starlette(routes=[Route("/{path:path}", rec.handle, methods=["POST"])])
+    async with serve(app) as url:
+        rec.url = url
+        yield rec
+
+
+@dataclass
+class Service:
+    url: str
+    runtime: Runtime
+    admin_key: str
+    client: httpx.AsyncClient
+
+    def as_key(self, key: str) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url, headers={"authorization": f"Bearer {key}"})
+
+
+@contextlib.asynccontextmanager
+async def service(settings: Settings, clock: Clock | None = None) -> AsyncIterator[Service]:
+    app = create_app(settings, clock)
+    async with serve(app) as url:
+        runtime: Runtime = app.state.runtime
+        key = runtime.bootstrap_key
+        assert key, "a fresh database creates a bootstrap admin key"
+        async with httpx.AsyncClient(
+            base_url=url, headers={"authorization": f"Bearer {key}"}, timeout=30
+        ) as client:
+            yield Service(url, runtime, key, client)
+
+
+def ts(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
+
+
+def event(
+    event_id: str,
+    type_: str,
+    t: float,
+    *,
+    email: str | None = None,
+    anonymous_id: str | None = None,
+    source: str = "website",
+    account: dict[str, Any] | None = None,
+    **lead: Any,
+) -> dict[str, Any]:
+    """A native event dict."""
+    who: dict[str, Any] = dict(lead)
+    if email:
+        who["email"] = email
+    if anonymous_id:
+        who["anonymous_id"] = anonymous_id
+    out: dict[str, Any] = {
+        "event_id": event_id,
+        "type": type_,
+        "occurred_at": ts(t),
+        "source": source,
+        "lead": who,
+    }
+    if account:
+        out["account"] = account
+    return out
