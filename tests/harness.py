@@ -84,8 +84,8 @@ class Receiver:
         self._arrived.set()
         return Response(status_code=self.status)
 
-    async def wait_for(self, n: int, timeout: float = 10.0) -> list[Received]:
-        deadline = time.monotonic() + timeout
+    async def wait_for(self, n: int, within: float = 10.0) -> list[Received]:
+        deadline = time.monotonic() + within
         while len(self.requests) < n:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
