@@ -214,6 +214,20 @@ def listen(
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
+def openapi_yaml() -> str:
+    """The OpenAPI document of the app, as committed in openapi.yaml."""
+    from app.main import create_app
+
+    spec = create_app(Settings(database_url="sqlite+aiosqlite:///:memory:")).openapi()
+    return yaml.safe_dump(spec, sort_keys=False, allow_unicode=True, width=100)
+
+
+@cli.command()
+def openapi() -> None:
+    """Print the OpenAPI document (YAML)."""
+    typer.echo(openapi_yaml(), nl=False)
+
+
 def main() -> None:
     cli()
 

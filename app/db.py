@@ -229,8 +229,9 @@ def make_engine(settings: Settings) -> AsyncEngine:
         path = settings.sqlite_path()
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
+        pool = {"pool_size": 5, "max_overflow": 5} if path is not None else {}
         engine = create_async_engine(
-            settings.database_url, connect_args={"timeout": 30}, pool_size=5, max_overflow=5
+            settings.database_url, connect_args={"timeout": 30}, **pool
         )
         sync_mode = settings.sqlite_synchronous
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -16,7 +18,8 @@ from app.clock import Clock
 from app.config import Settings
 from app.errors import AppError
 from app.ingest import http as ingest_http
-from app.ingest.schemas import error_field
+from app.ingest.schemas import EventBatchIn, EventIn, error_field
+from app.matching.abm import AccountImport
 from app.observability import health
 from app.runtime import Runtime
 
@@ -90,6 +93,29 @@ def create_app(
             status_code=500,
         )
 
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document plus the request schemas that routes parse by hand."""
+        if app.openapi_schema is None:
+            spec = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            )
+            schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+            for model in (
+                EventIn,
+                EventBatchIn,
+                AccountImport,
+                admin.DestinationIn,
+                admin.DestinationPatch,
+            ):
+                js = model.model_json_schema(
+                    ref_template="#/components/schemas/{model}", mode="validation"
+                )
+                schemas.update(js.pop("$defs", {}))
+                schemas[model.__name__] = js
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.include_router(ingest_http.router, tags=["ingest"])
     app.include_router(read.router, tags=["read"])
     app.include_router(admin.router, tags=["admin"])
