@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     delivery_timeout_seconds: float = Field(default=15.0, gt=0)
     delivery_concurrency_per_destination: int = Field(default=16, ge=1)
     # Group commit: single-event posts wait at most this long to share a transaction.
-    batch_max_wait_ms: float = Field(default=2.0, ge=0)
+    batch_max_wait_ms: float = Field(default=0.0, ge=0)
     batch_max_events: int = Field(default=5000, ge=1)
     ingest_queue_max_events: int = Field(default=50_000, ge=1)
     # SQLite durability: FULL syncs the WAL on every commit (nothing accepted is lost on

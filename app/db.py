@@ -230,9 +230,7 @@ def make_engine(settings: Settings) -> AsyncEngine:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
         pool = {"pool_size": 5, "max_overflow": 5} if path is not None else {}
-        engine = create_async_engine(
-            settings.database_url, connect_args={"timeout": 30}, **pool
-        )
+        engine = create_async_engine(settings.database_url, connect_args={"timeout": 30}, **pool)
         sync_mode = settings.sqlite_synchronous
 
         @event.listens_for(engine.sync_engine, "connect")

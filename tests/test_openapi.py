@@ -23,8 +23,16 @@ def test_every_operation_has_a_stable_id_and_summary() -> None:
             assert op.get("summary"), f"{method} {path} has no summary"
             ids.append(op["operationId"])
     assert len(ids) == len(set(ids))
-    assert {"ingestEvents", "getLead", "listLeads", "getAccount", "putPolicy",
-            "createDestination", "getDecision", "segmentBatch"} <= set(ids)
+    assert {
+        "ingestEvents",
+        "getLead",
+        "listLeads",
+        "getAccount",
+        "putPolicy",
+        "createDestination",
+        "getDecision",
+        "segmentBatch",
+    } <= set(ids)
 
 
 def test_every_schema_reference_resolves() -> None:

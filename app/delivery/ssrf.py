@@ -47,7 +47,11 @@ class SsrfGuard:
 
     async def check_url(self, url: str) -> None:
         """Raise ``SsrfRefused`` unless every address ``url``'s host resolves to may be reached."""
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            raise SsrfRefused(f"the url is malformed: {exc}", field="url") from None
         if parts.scheme not in ("http", "https"):
             raise SsrfRefused("the url must be http or https", field="url")
         host = (parts.hostname or "").lower()
@@ -63,7 +67,7 @@ class SsrfGuard:
             try:
                 infos = await asyncio.get_running_loop().getaddrinfo(
                     host,
-                    parts.port or (443 if parts.scheme == "https" else 80),
+                    port or (443 if parts.scheme == "https" else 80),
                     type=socket.SOCK_STREAM,
                 )
             except OSError as exc:

@@ -15,7 +15,9 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-from app.errors import Overloaded, Unavailable
+from sqlalchemy.exc import DBAPIError
+
+from app.errors import AppError, InvalidInput, Overloaded, Unavailable
 from app.ingest.schemas import Event
 from app.observability import metrics
 from app.pipeline import EventStatus
@@ -23,6 +25,7 @@ from app.pipeline import EventStatus
 log = logging.getLogger(__name__)
 
 ProcessFn = Callable[[list[Event]], Awaitable[list[EventStatus]]]
+_Item = tuple[list[Event], "asyncio.Future[list[EventStatus]]"]
 
 
 class Batcher:
@@ -82,25 +85,52 @@ class Batcher:
                 n += len(item[0])
             self._queued -= n
             metrics.INGEST_QUEUE.set(self._queued)
-            batch = [ev for events, _ in items for ev in events]
-            started = time.perf_counter()
             try:
-                statuses = await self._process(batch)
+                await self._commit(items)
             except Exception as exc:
-                log.exception("pipeline batch of %d events failed", len(batch))
-                err = Unavailable(
-                    f"the batch could not be stored ({type(exc).__name__}); nothing was "
-                    "accepted, retry",
-                    headers={"Retry-After": "1"},
-                )
-                for _, fut in items:
-                    if not fut.done():
-                        fut.set_exception(err)
-                continue
-            metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
-            metrics.BATCH_SIZE.observe(len(batch))
-            i = 0
-            for events, fut in items:
-                if not fut.done():
-                    fut.set_result(statuses[i : i + len(events)])
-                i += len(events)
+                if len(items) > 1 and not is_transient(exc):
+                    # One request's events broke the batch: run each request alone so only
+                    # that request fails and the others are stored.
+                    for item in items:
+                        try:
+                            await self._commit([item])
+                        except Exception as single:
+                            _fail([item], single)
+                else:
+                    _fail(items, exc)
+
+    async def _commit(self, items: list[_Item]) -> None:
+        batch = [ev for events, _ in items for ev in events]
+        started = time.perf_counter()
+        statuses = await self._process(batch)
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+        metrics.BATCH_SIZE.observe(len(batch))
+        i = 0
+        for events, fut in items:
+            if not fut.done():
+                fut.set_result(statuses[i : i + len(events)])
+            i += len(events)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Database unreachable, locked or timing out: worth retrying as is."""
+    return isinstance(exc, OSError | TimeoutError | ConnectionError | DBAPIError)
+
+
+def _fail(items: list[_Item], exc: Exception) -> None:
+    log.error("pipeline batch failed", exc_info=exc)
+    err: AppError
+    if is_transient(exc):
+        err = Unavailable(
+            f"the events could not be stored ({type(exc).__name__}); nothing was accepted, retry",
+            headers={"Retry-After": "1"},
+        )
+    else:
+        err = InvalidInput(
+            f"the events could not be processed ({type(exc).__name__}); nothing was "
+            "accepted and retrying the same events will not help",
+            code="unprocessable_event",
+        )
+    for _, fut in items:
+        if not fut.done():
+            fut.set_exception(err)

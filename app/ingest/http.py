@@ -107,7 +107,8 @@ def _validate_batch(
         except ValidationError as exc:
             field, code, message = first_error(exc)
             event_id = item.get("event_id") if isinstance(item, dict) else None
-            slots.append(_rejection(event_id, f"events[{i}].{field}", code, message))
+            path = f"events[{i}].{field}" if field else f"events[{i}]"
+            slots.append(_rejection(event_id, path, code, message))
             metrics.EVENTS_REJECTED.labels(transport, code).inc()
             continue
         ev = to_event(parsed, received_at=received_at, transport=transport)

@@ -21,6 +21,39 @@ from pydantic import (
 )
 
 FUTURE_TOLERANCE_SECONDS = 300.0
+EARLIEST_EVENT = datetime(2000, 1, 1, tzinfo=UTC)
+MAX_EMPLOYEES = 10_000_000
+MAX_REVENUE = 1e15
+# Keys the typed fields own: free-form traits never overwrite them.
+LEAD_RESERVED = frozenset(
+    {
+        "email",
+        "email_domain",
+        "lead_id",
+        "source",
+        "anonymous_id",
+        "user_id",
+        "first_name",
+        "last_name",
+        "title",
+        "country",
+        "phone",
+    }
+)
+ACCOUNT_RESERVED = frozenset(
+    {
+        "domain",
+        "name",
+        "tier",
+        "owner",
+        "territory",
+        "industry",
+        "employees",
+        "country",
+        "annual_revenue",
+        "active_leads",
+    }
+)
 MAX_BATCH_EVENTS = 1000
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -98,9 +131,9 @@ class AccountIn(BaseModel):
     domain: Domain
     name: ShortText | None = None
     industry: Slug | None = None
-    employees: int | None = Field(default=None, ge=0)
+    employees: int | None = Field(default=None, ge=0, le=MAX_EMPLOYEES)
     country: Country | None = None
-    annual_revenue: float | None = Field(default=None, ge=0)
+    annual_revenue: float | None = Field(default=None, ge=0, le=MAX_REVENUE, allow_inf_nan=False)
     traits: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -139,7 +172,10 @@ class EventIn(BaseModel):
     @field_validator("occurred_at")
     @classmethod
     def _aware(cls, v: datetime) -> datetime:
-        return v if v.tzinfo is not None else v.replace(tzinfo=UTC)
+        v = v if v.tzinfo is not None else v.replace(tzinfo=UTC)
+        if v < EARLIEST_EVENT:
+            raise ValueError("must not be before 2000-01-01")
+        return v
 
 
 class EventBatchIn(BaseModel):
@@ -188,7 +224,7 @@ class Event:
 
 
 def to_event(e: EventIn, *, received_at: float, transport: str) -> Event:
-    lead_attrs: dict[str, Any] = dict(e.lead.traits)
+    lead_attrs = {k: v for k, v in e.lead.traits.items() if k not in LEAD_RESERVED}
     for key in ("first_name", "last_name", "title", "country", "phone"):
         value = getattr(e.lead, key)
         if value is not None:
@@ -197,7 +233,7 @@ def to_event(e: EventIn, *, received_at: float, transport: str) -> Event:
     domain = None
     if e.account is not None:
         domain = e.account.domain
-        account_attrs = dict(e.account.traits)
+        account_attrs = {k: v for k, v in e.account.traits.items() if k not in ACCOUNT_RESERVED}
         for key in ("name", "industry", "employees", "country", "annual_revenue"):
             value = getattr(e.account, key)
             if value is not None:

@@ -13,8 +13,10 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from app.ingest.schemas import MAX_EMPLOYEES
 from app.policy.schema import CompiledPolicy
 
+MIN_TIME = 946684800.0  # 2000-01-01
 SEGMENT_TYPES = ("track", "identify", "page", "screen", "group", "alias")
 _COUNTRY = re.compile(r"^[A-Za-z]{2}$")
 
@@ -35,13 +37,15 @@ def event_time(msg: dict[str, Any], received_at: float) -> float:
     """Segment's rule: ``timestamp`` if set, else ``originalTimestamp`` corrected for the
     sender's clock skew (``receivedAt - (sentAt - originalTimestamp)``), else arrival time."""
     ts = _parse_ts(msg.get("timestamp"))
-    if ts is not None:
-        return ts
-    original = _parse_ts(msg.get("originalTimestamp"))
-    sent = _parse_ts(msg.get("sentAt"))
-    if original is not None and sent is not None:
-        return received_at - (sent - original)
-    return original if original is not None else received_at
+    if ts is None:
+        original = _parse_ts(msg.get("originalTimestamp"))
+        sent = _parse_ts(msg.get("sentAt"))
+        if original is not None and sent is not None:
+            ts = received_at - (sent - original)
+        else:
+            ts = original
+    # Out-of-range clocks fall back to arrival time rather than failing the batch.
+    return ts if ts is not None and MIN_TIME <= ts <= received_at + 86400 * 365 else received_at
 
 
 def _dict(v: Any) -> dict[str, Any]:
@@ -56,7 +60,7 @@ def _int(v: Any) -> int | None:
     if isinstance(v, float | str):
         try:
             return int(float(v))
-        except ValueError:
+        except (ValueError, OverflowError):
             return None
     return None
 
@@ -104,10 +108,10 @@ def _account(traits: dict[str, Any]) -> dict[str, Any] | None:
     if isinstance(traits.get("industry"), str):
         account["industry"] = traits["industry"]
     employees = _int(traits.get("employees", traits.get("employee_count")))
-    if employees is not None and employees >= 0:
+    if employees is not None and 0 <= employees <= MAX_EMPLOYEES:
         account["employees"] = employees
     revenue = traits.get("annual_revenue", traits.get("annualRevenue"))
-    if isinstance(revenue, int | float) and not isinstance(revenue, bool) and revenue >= 0:
+    if isinstance(revenue, int | float) and not isinstance(revenue, bool) and 0 <= revenue < 1e15:
         account["annual_revenue"] = revenue
     country = traits.get("country") or _dict(traits.get("address")).get("country")
     if isinstance(country, str) and _COUNTRY.match(country):
@@ -123,7 +127,10 @@ def _page_path(msg: dict[str, Any]) -> str:
             return candidate
     for candidate in (props.get("url"), page.get("url")):
         if isinstance(candidate, str) and candidate:
-            return urlsplit(candidate).path or "/"
+            try:
+                return urlsplit(candidate).path or "/"
+            except ValueError:
+                return "/"
     name = msg.get("name")
     return name if isinstance(name, str) and name.startswith("/") else "/"
 
@@ -147,13 +154,15 @@ def to_native(
     account = None
     if msg_type == "track":
         name = str(msg.get("event") or "")
-        properties.update(segment_event=name, **props)
+        properties.update(props)
+        properties["segment_event"] = name
         event_type = policy.signal_for_segment_track(name) or "identify"
         if isinstance(props.get("email"), str) and "email" not in traits:
             traits["email"] = props["email"]
     elif msg_type in ("page", "screen"):
         path = _page_path(msg)
-        properties.update(path=path, **props)
+        properties.update(props)
+        properties["path"] = path
         event_type = policy.signal_for_page(path) or "identify"
     elif msg_type == "group":
         account = _account(_dict(msg.get("traits")))

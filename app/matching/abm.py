@@ -11,7 +11,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import accounts, upsert
 from app.errors import InvalidInput
-from app.ingest.schemas import Country, Domain, ShortText, Slug, first_error
+from app.ingest.schemas import (
+    MAX_EMPLOYEES,
+    MAX_REVENUE,
+    Country,
+    Domain,
+    ShortText,
+    Slug,
+    first_error,
+)
 
 ABM_COLUMNS = (
     "domain",
@@ -38,9 +46,9 @@ class AccountImport(BaseModel):
     owner: ShortText | None = None
     territory: ShortText | None = None
     industry: Slug | None = None
-    employees: int | None = Field(default=None, ge=0)
+    employees: int | None = Field(default=None, ge=0, le=MAX_EMPLOYEES)
     country: Country | None = None
-    annual_revenue: float | None = Field(default=None, ge=0)
+    annual_revenue: float | None = Field(default=None, ge=0, le=MAX_REVENUE, allow_inf_nan=False)
 
     @field_validator("tier", mode="before")
     @classmethod

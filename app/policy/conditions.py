@@ -27,7 +27,7 @@ Predicate = Callable[[Context], bool]
 
 
 class Condition(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
     field: str | None = None
     eq: Any = None
@@ -71,11 +71,14 @@ class Condition(BaseModel):
             raise ValueError("between: the lower bound exceeds the upper bound")
         return self
 
-    def list_names(self) -> list[str]:
-        """Names of every ``in_list`` list this condition refers to."""
-        names = [self.in_list] if self.in_list else []
-        for child in (self.all or []) + (self.any or []) + ([self.not_] if self.not_ else []):
-            names.extend(child.list_names())
+    def list_names(self, path: str = "") -> list[tuple[str, str]]:
+        """(path, name) of every ``in_list`` list this condition and its children use."""
+        names = [(path, self.in_list)] if self.in_list else []
+        for key, children in (("all", self.all), ("any", self.any)):
+            for i, child in enumerate(children or []):
+                names.extend(child.list_names(f"{path}.{key}[{i}]"))
+        if self.not_ is not None:
+            names.extend(self.not_.list_names(f"{path}.not"))
         return names
 
 

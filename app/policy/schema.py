@@ -8,6 +8,7 @@ closures, durations in seconds, lists as frozensets.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ def parse_duration(v: Any) -> float:
         seconds = float(m.group(1)) * _UNITS[m.group(2)]
     else:
         raise ValueError(f"invalid duration {v!r}: use seconds or a string like 14d, 12h, 30m")
+    if not math.isfinite(seconds):
+        raise ValueError("a duration must be a finite number of seconds")
     if seconds <= 0:
         raise ValueError("a duration must be positive")
     return seconds
@@ -43,7 +46,7 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
 class Band(_Strict):
@@ -189,9 +192,9 @@ def _cross_check(doc: PolicyDoc) -> list[PolicyError]:
         del spec
 
     def check_condition(cond: Condition, path: str) -> None:
-        for name in cond.list_names():
+        for sub, name in cond.list_names(path):
             if name not in doc.lists:
-                errors.append(PolicyError(path, f'unknown list "{name}"'))
+                errors.append(PolicyError(sub, f'unknown list "{name}"'))
 
     for i, rule in enumerate(doc.fit.rules):
         check_condition(rule.when, f"fit.rules[{i}].when")

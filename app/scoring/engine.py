@@ -81,7 +81,7 @@ def apply(state: BatchState, ev: Event) -> Candidate | None:
         if acct_for_attrs.update(ev.account_attrs):
             acct_for_attrs.updated_at = now
             acct_for_attrs.dirty = True
-    account = state.accounts.get(lead.account_domain) if lead.account_domain else None
+    account = state.account(lead.account_domain) if lead.account_domain else None
 
     if ev.type not in ATTRIBUTE_ONLY_TYPES:
         spec = policy.signals[ev.type]
