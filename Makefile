@@ -20,6 +20,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check app tests bench migrations
+	$(BIN)/mypy app
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

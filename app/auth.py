@@ -127,15 +127,28 @@ async def authenticate(request: Request, scope: str, *, basic: bool = False) -> 
     return found
 
 
-def require(scope: str, *, basic: bool = False) -> type[ApiKey]:
-    async def dep(request: Request) -> ApiKey:
-        return await authenticate(request, scope, basic=basic)
-
-    return Annotated[ApiKey, Depends(dep)]  # type: ignore[return-value]
+async def _ingest(request: Request) -> ApiKey:
+    return await authenticate(request, "ingest")
 
 
-IngestKey = require("ingest")
-SegmentKey = require("ingest", basic=True)
-ReadKey = require("read")
-AdminKey = require("admin")
-FeedbackKey = require("feedback")
+async def _segment(request: Request) -> ApiKey:
+    return await authenticate(request, "ingest", basic=True)
+
+
+async def _read(request: Request) -> ApiKey:
+    return await authenticate(request, "read")
+
+
+async def _admin(request: Request) -> ApiKey:
+    return await authenticate(request, "admin")
+
+
+async def _feedback(request: Request) -> ApiKey:
+    return await authenticate(request, "feedback")
+
+
+IngestKey = Annotated[ApiKey, Depends(_ingest)]
+SegmentKey = Annotated[ApiKey, Depends(_segment)]
+ReadKey = Annotated[ApiKey, Depends(_read)]
+AdminKey = Annotated[ApiKey, Depends(_admin)]
+FeedbackKey = Annotated[ApiKey, Depends(_feedback)]

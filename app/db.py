@@ -252,6 +252,12 @@ def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
+def dialect_of(session: AsyncSession) -> str:
+    bind = session.bind
+    assert bind is not None
+    return bind.dialect.name
+
+
 def upsert(
     session: AsyncSession,
     table: Table,
@@ -264,8 +270,7 @@ def upsert(
     Updates ``update_cols`` (default: every non-key column given). Returns the awaitable
     execute; rows must all carry the same columns.
     """
-    dialect = session.bind.dialect.name
-    if dialect == "postgresql":
+    if dialect_of(session) == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
         stmt: Any = pg_insert(table)
@@ -285,7 +290,7 @@ def upsert(
 
 def insert_ignore(session: AsyncSession, table: Table, keys: list[str]) -> Any:
     """An ``INSERT … ON CONFLICT (keys) DO NOTHING`` statement for the session's dialect."""
-    if session.bind.dialect.name == "postgresql":
+    if dialect_of(session) == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
         return pg_insert(table).on_conflict_do_nothing(index_elements=keys)

@@ -21,7 +21,7 @@ from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.clock import Clock
-from app.db import decisions, deliveries, delivery_attempts
+from app.db import decisions, deliveries, delivery_attempts, dialect_of
 from app.delivery import retry, signing
 from app.delivery.destinations import Destination, DestinationCache
 from app.delivery.outbox import NewDelivery
@@ -145,7 +145,7 @@ class Dispatcher:
                 .order_by(deliveries.c.next_attempt_at)
                 .limit(limit)
             )
-            if session.bind.dialect.name == "postgresql":
+            if dialect_of(session) == "postgresql":
                 due = due.with_for_update(skip_locked=True)
             claimed = (
                 (

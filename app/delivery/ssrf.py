@@ -72,7 +72,7 @@ class SsrfGuard:
                 )
             except OSError as exc:
                 raise SsrfRefused(f'"{host}" does not resolve: {exc}', field="url") from exc
-            ips = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+            ips = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
         for ip in ips:
             if not _is_public(ip) and not self._allowed_ip(ip):
                 raise SsrfRefused(

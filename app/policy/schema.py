@@ -196,8 +196,8 @@ def _cross_check(doc: PolicyDoc) -> list[PolicyError]:
             if name not in doc.lists:
                 errors.append(PolicyError(sub, f'unknown list "{name}"'))
 
-    for i, rule in enumerate(doc.fit.rules):
-        check_condition(rule.when, f"fit.rules[{i}].when")
+    for i, fit_rule in enumerate(doc.fit.rules):
+        check_condition(fit_rule.when, f"fit.rules[{i}].when")
     for name, signal in doc.segment.track.items():
         if signal not in doc.signals:
             errors.append(PolicyError(f"segment.track.{name}", f'unknown signal "{signal}"'))

@@ -23,7 +23,7 @@ Accumulators = dict[str, tuple[float, float]]
 
 def decay_factor(dt: float, half_life: float) -> float:
     """``2 ** (-dt / half_life)``: the share of a contribution left after ``dt`` seconds."""
-    return 2.0 ** (-dt / half_life)
+    return float(2.0 ** (-dt / half_life))
 
 
 def apply_event(
