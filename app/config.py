@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     delivery_allowed_hosts: Annotated[list[str], NoDecode] = []
     delivery_timeout_seconds: float = Field(default=15.0, gt=0)
     delivery_concurrency_per_destination: int = Field(default=16, ge=1)
+    # A claimed delivery not finished within this (a crashed process) is sent again.
+    delivery_lease_seconds: float = Field(default=60.0, gt=0)
     # Group commit: single-event posts wait at most this long to share a transaction.
     batch_max_wait_ms: float = Field(default=0.0, ge=0)
     batch_max_events: int = Field(default=5000, ge=1)

@@ -15,7 +15,7 @@ from app.clock import Clock
 from app.config import Settings
 from app.db import api_keys, make_engine, make_sessionmaker, policies
 from app.delivery.destinations import DestinationCache
-from app.delivery.dispatcher import LEASE_SECONDS, Dispatcher
+from app.delivery.dispatcher import Dispatcher
 from app.delivery.ssrf import SsrfGuard
 from app.ingest.batcher import Batcher
 from app.ingest.schemas import Event
@@ -71,6 +71,7 @@ class Runtime:
                 self.clock,
                 timeout=self.settings.delivery_timeout_seconds,
                 concurrency=self.settings.delivery_concurrency_per_destination,
+                lease=self.settings.delivery_lease_seconds,
             )
             self.dispatcher.start()
         self.batcher.start()
@@ -110,7 +111,7 @@ class Runtime:
         policy = self.policy
         now = self.clock.now()
         destinations = await self.destinations.all()
-        lease = now + LEASE_SECONDS if self.dispatcher is not None else None
+        lease = now + self.dispatcher.lease if self.dispatcher is not None else None
         async with self.sessionmaker() as session, session.begin():
             result = await pipeline.process(
                 session,

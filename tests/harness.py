@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -117,11 +122,14 @@ class Service:
 
 
 @contextlib.asynccontextmanager
-async def service(settings: Settings, clock: Clock | None = None) -> AsyncIterator[Service]:
+async def service(
+    settings: Settings, clock: Clock | None = None, key: str | None = None
+) -> AsyncIterator[Service]:
+    """The service in this event loop; ``key`` is the admin key of a database reused."""
     app = create_app(settings, clock)
     async with serve(app) as url:
         runtime: Runtime = app.state.runtime
-        key = runtime.bootstrap_key
+        key = runtime.bootstrap_key or key
         assert key, "a fresh database creates a bootstrap admin key"
         async with httpx.AsyncClient(
             base_url=url, headers={"authorization": f"Bearer {key}"}, timeout=30
@@ -160,3 +168,63 @@ def event(
     if account:
         out["account"] = account
     return out
+
+
+class Spawned:
+    """``intent-router serve`` as a separate OS process (so a test can SIGKILL it)."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+        self.key: str | None = None
+
+    def start(self) -> None:
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        env = {**os.environ, **self.env, "INTENT_PORT": str(port), "INTENT_LOG_LEVEL": "warning"}
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "intent-router"), "serve"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.proc.stdout.read() if self.proc.stdout else ""
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError("the service did not become ready")
+
+    def read_key(self) -> str:
+        """The bootstrap admin key a first start prints."""
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.strip().startswith("ir_"):
+                self.key = line.strip()
+                return self.key
+        raise AssertionError("no admin key printed")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

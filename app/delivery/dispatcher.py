@@ -30,7 +30,6 @@ from app.observability import metrics
 
 log = logging.getLogger(__name__)
 
-LEASE_SECONDS = 60.0
 POLL_SECONDS = 1.0
 RESPONSE_BODY_CAP = 4096
 
@@ -66,6 +65,7 @@ class Dispatcher:
         *,
         timeout: float,
         concurrency: int,
+        lease: float = 60.0,
         schedule: tuple[float, ...] = retry.SCHEDULE,
     ) -> None:
         self._sessionmaker = sessionmaker
@@ -73,6 +73,7 @@ class Dispatcher:
         self._guard = guard
         self._clock = clock
         self._schedule = schedule
+        self.lease = lease
         self._client = httpx.AsyncClient(
             timeout=timeout,
             follow_redirects=False,
@@ -152,7 +153,7 @@ class Dispatcher:
                     await session.execute(
                         update(deliveries)
                         .where(deliveries.c.id.in_(due.scalar_subquery()))
-                        .values(locked_until=now + LEASE_SECONDS)
+                        .values(locked_until=now + self.lease)
                         .returning(deliveries.c.id)
                     )
                 )
@@ -291,7 +292,7 @@ class Dispatcher:
                 status = "dead" if delay is None else "pending"
                 next_at, delivered_at = (now + (delay or 0.0)), None
                 if delay == 0:
-                    locked = now + LEASE_SECONDS
+                    locked = now + self.lease
                     retry_now.append(
                         Job(
                             o.job.id,
