@@ -374,6 +374,18 @@ async def test_round_robin_with_daily_cap_then_default_queue(
 
 async def test_policy_versions_and_dry_run(svc: Service, clock: FakeClock) -> None:
     await svc.client.post("/v1/events", json={"events": hot_events("p", clock.now())})
+    await svc.client.post(
+        "/v1/events", json=event("p-x", "site_visit", clock.now(), email="cold@else.io")
+    )
+
+    async def listed(band: str) -> list[str]:
+        r = await svc.client.get("/v1/leads", params={"band": band})
+        assert r.status_code == 200, r.text
+        return [x["lead_id"] for x in r.json()["leads"]]
+
+    assert await listed("hot") == ["dana@acme.com"]
+    assert await listed("cold") == ["cold@else.io"]
+    assert (await svc.client.get("/v1/leads", params={"band": "hott"})).status_code == 422
     policy = (await svc.client.get("/v1/policy")).json()["policy"]
     policy["signals"]["demo_request"]["points"] = 0
     r = await svc.client.put("/v1/policy", params={"dry_run": "true"}, json=policy)
@@ -396,6 +408,8 @@ async def test_policy_versions_and_dry_run(svc: Service, clock: FakeClock) -> No
     dana = await lead(svc, "dana@acme.com")
     assert dana["score"]["policy_version"] == 2
     assert dana["score"]["band"] == "warm"
+    assert await listed("hot") == []
+    assert await listed("warm") == ["dana@acme.com"]
 
 
 async def test_webhook_signature_uses_the_whsec_secret(svc: Service, hook: Receiver) -> None:
