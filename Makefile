@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: run test lint bench install clean
+.PHONY: run test lint bench install clean services services-down
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,10 +18,23 @@ run: $(STAMP)
 	$(BIN)/intent-router migrate
 	$(BIN)/intent-router serve
 
+# The suite runs against SQLite and a private PostgreSQL, and talks to a real Kafka broker;
+# deploy/services.sh installs and starts both (Debian packages, Maven Central jars).
 test: $(STAMP)
 	$(BIN)/ruff check app tests bench migrations
 	$(BIN)/mypy app
-	$(BIN)/python -m pytest -q
+	deploy/services.sh up >/dev/null
+	. .services/env && trap 'deploy/services.sh down' EXIT && \
+	  env -u INTENT_DATABASE_URL -u INTENT_KAFKA_BOOTSTRAP \
+	  INTENT_TEST_DATABASE_URL="$$INTENT_DATABASE_URL" \
+	  INTENT_TEST_KAFKA_BOOTSTRAP="$$INTENT_KAFKA_BOOTSTRAP" $(BIN)/python -m pytest -q
+
+# Start a private PostgreSQL and Kafka broker; prints the INTENT_* settings that use them.
+services: $(STAMP)
+	deploy/services.sh up
+
+services-down:
+	deploy/services.sh down
 
 lint: $(STAMP)
 	$(BIN)/ruff check app tests bench migrations

@@ -49,6 +49,11 @@ class Settings(BaseSettings):
             v = "postgresql+asyncpg://" + v.removeprefix("postgresql://")
         return v
 
+    @field_validator("kafka_bootstrap", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, v: object) -> object:
+        return None if isinstance(v, str) and not v.strip() else v
+
     @field_validator("delivery_allowed_hosts", mode="before")
     @classmethod
     def _split_hosts(cls, v: object) -> object:

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import os
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from app.clock import FakeClock
@@ -11,10 +14,43 @@ from app.config import Settings
 from tests.harness import Receiver, Service, receiver, service
 
 
+def require_service(var: str) -> str:
+    """A real service's address from the environment; in CI its absence is a failure."""
+    value = os.environ.get(var)
+    if not value:
+        message = f"{var} is not set: run `make services` (make test does it for you)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return value
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh, empty database per test: a SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path}/intent.db"
+        return
+    base = require_service("INTENT_TEST_DATABASE_URL")
+    server, _, _ = base.rpartition("/")
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    admin = await asyncpg.connect(base.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield f"{server}/{name}"
+    admin = await asyncpg.connect(base.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(database_url: str) -> Settings:
     return Settings(
-        database_url=f"sqlite+aiosqlite:///{tmp_path}/intent.db",
+        database_url=database_url,
         delivery_allowed_hosts=["127.0.0.1"],
         sqlite_synchronous="NORMAL",
     )

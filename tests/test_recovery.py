@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import httpx
 
@@ -52,7 +51,7 @@ async def test_failed_delivery_is_retried_after_a_restart(
             assert [a["status_code"] for a in history] == [500, 204]
 
 
-async def test_sigkill_during_delivery_loses_nothing(tmp_path: Path) -> None:
+async def test_sigkill_during_delivery_loses_nothing(database_url: str) -> None:
     """The process dies while its webhook is in flight; after a restart the same decision
     is delivered (same webhook-id) and every accepted event counts exactly once."""
     arrived: list[tuple[str, bytes]] = []

@@ -1,0 +1,250 @@
+"""Kafka: HTTP ingest produces to the events topic; consumers run the same pipeline.
+
+Consumer loop (one per process, partitions assigned by the group):
+``getmany`` → decode/validate each record (poison → ``<topic>.dlq`` with the error in
+headers) → one pipeline transaction for the valid events → commit the offsets. Offsets
+are committed only after the transaction; a failed transaction seeks back and retries
+the same records, and ``event_id`` idempotency makes a redelivery count once. Nothing is
+cached per partition, and each batch is committed before the next poll, so a rebalance
+never strands or duplicates work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.structs import ConsumerRecord
+from pydantic import ValidationError
+
+from app.ingest.schemas import EVENT_ADAPTER, Event, first_error, to_event
+from app.matching.identity import email_domain
+from app.observability import metrics
+from app.pipeline import check_event
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSIONS = frozenset({"1"})
+RECEIVED_AT = "received-at"
+
+
+class Poison(Exception):
+    def __init__(self, stage: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.message = message
+        self.field = field
+
+
+def partition_key(ev: Event, free_mail: frozenset[str]) -> bytes:
+    """All events of one account land on one partition: its domain, else the lead's key."""
+    domain = email_domain(ev.email)
+    if domain and domain not in free_mail:
+        return domain.encode()
+    if ev.account_domain and ev.account_domain not in free_mail:
+        return ev.account_domain.encode()
+    return ev.identifiers()[0].encode()
+
+
+def unwrap(value: bytes | None, headers: dict[str, bytes]) -> Any:
+    """The native event dict, from a plain message or a CloudEvents structured envelope."""
+    if value is None:
+        raise Poison("decode", "empty message")
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise Poison("decode", f"not valid JSON: {exc}") from None
+    version = headers.get("schema-version", b"1").decode(errors="replace")
+    if isinstance(obj, dict) and "specversion" in obj:
+        if obj["specversion"] != "1.0":
+            raise Poison(
+                "version",
+                f'unsupported CloudEvents specversion "{obj["specversion"]}"',
+                "specversion",
+            )
+        ctype = obj.get("datacontenttype", "application/json")
+        if "json" not in str(ctype):
+            raise Poison("decode", f'unsupported datacontenttype "{ctype}"', "datacontenttype")
+        if "data" in obj:
+            obj = obj["data"]
+        elif "data_base64" in obj:
+            try:
+                obj = orjson.loads(base64.b64decode(obj["data_base64"]))
+            except (ValueError, orjson.JSONDecodeError) as exc:
+                raise Poison(
+                    "decode", f"data_base64 is not base64 JSON: {exc}", "data_base64"
+                ) from None
+        else:
+            raise Poison("decode", "the CloudEvent has no data", "data")
+    if version not in SCHEMA_VERSIONS:
+        raise Poison("version", f'unknown schema-version "{version}"', "schema-version")
+    return obj
+
+
+class KafkaIngest:
+    """The consumer side: one loop, batches through ``runtime.process``."""
+
+    def __init__(
+        self, runtime: Any, *, bootstrap: str, topic: str, group: str, max_records: int = 5000
+    ) -> None:
+        self.runtime = runtime
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.group = group
+        self.max_records = max_records
+        self.consumer: AIOKafkaConsumer | None = None
+        self.dlq: AIOKafkaProducer | None = None
+        self.assigned: set[TopicPartition] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    async def start(self) -> None:
+        self.dlq = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True
+        )
+        await self.dlq.start()
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.max_records,
+        )
+        self.consumer.subscribe([self.topic], listener=_Listener(self))
+        await self.consumer.start()
+        self._task = asyncio.create_task(self._run(), name="kafka-consumer")
+
+    async def stop(self) -> None:
+        """Finish the batch in hand, commit it, leave the group cleanly."""
+        self._stopping = True
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.consumer is not None:
+            await self.consumer.stop()
+        if self.dlq is not None:
+            await self.dlq.stop()
+
+    async def _run(self) -> None:
+        assert self.consumer is not None
+        while not self._stopping:
+            try:
+                batches = await self.consumer.getmany(timeout_ms=200, max_records=self.max_records)
+            except Exception:
+                log.exception("kafka poll failed")
+                await asyncio.sleep(1)
+                continue
+            if not batches:
+                continue
+            try:
+                await self._handle(batches)
+            except Exception:
+                log.exception("kafka batch failed; retrying the same records")
+                for tp, records in batches.items():
+                    self.consumer.seek(tp, records[0].offset)
+                await asyncio.sleep(1)
+
+    async def _handle(self, batches: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]) -> None:
+        assert self.consumer is not None
+        policy = self.runtime.policy
+        now = self.runtime.clock.now()
+        events: list[Event] = []
+        for records in batches.values():
+            for rec in records:
+                headers = {k: v for k, v in (rec.headers or ())}
+                try:
+                    events.append(self._decode(rec, headers, policy, now))
+                except Poison as p:
+                    await self._dead_letter(rec, p)
+        if events:
+            await self.runtime.process(events)
+        await self.consumer.commit({tp: records[-1].offset + 1 for tp, records in batches.items()})
+
+    def _decode(
+        self, rec: ConsumerRecord[Any, Any], headers: dict[str, bytes], policy: Any, now: float
+    ) -> Event:
+        raw = unwrap(rec.value, headers)
+        try:
+            parsed = EVENT_ADAPTER.validate_python(raw)
+        except ValidationError as exc:
+            field, _, message = first_error(exc)
+            raise Poison("validate", message, field) from None
+        received = headers.get(RECEIVED_AT)
+        received_at = float(received) if received else rec.timestamp / 1000
+        ev = to_event(parsed, received_at=received_at, transport="kafka")
+        bad = check_event(ev, policy, now)
+        if bad is not None:
+            raise Poison("policy", bad.message or "rejected", bad.field)
+        return ev
+
+    async def _dead_letter(self, rec: ConsumerRecord[Any, Any], p: Poison) -> None:
+        assert self.dlq is not None
+        metrics.EVENTS_REJECTED.labels("kafka", p.stage).inc()
+        headers = [
+            ("error", p.message.encode()[:2000]),
+            ("error-stage", p.stage.encode()),
+            ("error-field", (p.field or "").encode()),
+            ("original-topic", rec.topic.encode()),
+            ("original-partition", str(rec.partition).encode()),
+            ("original-offset", str(rec.offset).encode()),
+        ]
+        await self.dlq.send_and_wait(
+            f"{rec.topic}.dlq", value=rec.value, key=rec.key, headers=headers
+        )
+        log.warning(
+            "dead-lettered %s[%d]@%d: %s: %s",
+            rec.topic,
+            rec.partition,
+            rec.offset,
+            p.stage,
+            p.message,
+        )
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, ingest: KafkaIngest) -> None:
+        self.ingest = ingest
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        # Batches are committed before the next poll, so nothing is pending here.
+        self.ingest.assigned -= set(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.ingest.assigned |= set(assigned)
+
+
+class KafkaProducerIngest:
+    """The HTTP side in scale-out mode: produce, answer after the broker's ack."""
+
+    def __init__(self, *, bootstrap: str, topic: str) -> None:
+        self.topic = topic
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=1,
+            max_batch_size=1 << 20,
+        )
+
+    async def start(self) -> None:
+        await self.producer.start()
+
+    async def stop(self) -> None:
+        await self.producer.stop()
+
+    async def publish(self, events: list[Event], free_mail: frozenset[str]) -> None:
+        futures = [
+            await self.producer.send(
+                self.topic,
+                value=orjson.dumps(ev.raw),
+                key=partition_key(ev, free_mail),
+                headers=[(RECEIVED_AT, repr(ev.received_at).encode())],
+            )
+            for ev in events
+        ]
+        await asyncio.gather(*futures)
