@@ -73,7 +73,7 @@ async def test_sigkill_during_delivery_loses_nothing(database_url: str) -> None:
     app = Starlette(routes=[Route("/{p:path}", handle, methods=["POST"])])
     async with serve(app) as hook_url:
         env = {
-            "INTENT_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/crash.db",
+            "INTENT_DATABASE_URL": database_url,
             "INTENT_DELIVERY_ALLOWED_HOSTS": "127.0.0.1",
             "INTENT_DELIVERY_LEASE_SECONDS": "2",
         }
