@@ -49,12 +49,20 @@ async def _with_db(fn: Any) -> Any:
 def serve(
     host: Annotated[str | None, typer.Option(help="default INTENT_HOST or 127.0.0.1")] = None,
     port: Annotated[int | None, typer.Option(help="default INTENT_PORT or 8000")] = None,
+    roles: Annotated[
+        str | None,
+        typer.Option(help="api,consumer,dispatcher (default INTENT_ROLES or all three)"),
+    ] = None,
 ) -> None:
-    """Run the service: HTTP API, pipeline and webhook dispatcher in one process."""
+    """Run the service: HTTP API, Kafka consumer (when Kafka is on) and webhook dispatcher."""
+    import os
+
     import uvicorn
 
     from app.main import create_app
 
+    if roles is not None:
+        os.environ["INTENT_ROLES"] = roles
     settings = _settings()
     app = create_app(settings)
     uvicorn.run(

@@ -21,6 +21,10 @@ class Settings(BaseSettings):
     database_url: str = DEFAULT_DB
     kafka_bootstrap: str | None = None
     kafka_topic: str = "intent.events"
+    kafka_group: str = "intent-router"
+    kafka_partitions: int = Field(default=4, ge=1)  # when the service creates the topic
+    # What this process runs: api (HTTP), consumer (Kafka → pipeline), dispatcher (webhooks).
+    roles: Annotated[list[str], NoDecode] = ["api", "consumer", "dispatcher"]
     # Hosts or CIDRs webhooks may reach although they are private or loopback.
     delivery_allowed_hosts: Annotated[list[str], NoDecode] = []
     delivery_timeout_seconds: float = Field(default=15.0, gt=0)
@@ -53,6 +57,24 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_unset(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("roles", mode="before")
+    @classmethod
+    def _split_roles(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [r.strip() for r in v.split(",") if r.strip()]
+        return v
+
+    @field_validator("roles")
+    @classmethod
+    def _check_roles(cls, v: list[str]) -> list[str]:
+        unknown = sorted(set(v) - {"api", "consumer", "dispatcher"})
+        if unknown or not v:
+            raise ValueError(
+                "INTENT_ROLES: use a comma-separated subset of api,consumer,dispatcher"
+                + (f" (unknown: {', '.join(unknown)})" if unknown else "")
+            )
+        return v
 
     @field_validator("delivery_allowed_hosts", mode="before")
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -17,7 +18,9 @@ from app.db import api_keys, make_engine, make_sessionmaker, policies
 from app.delivery.destinations import DestinationCache
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.ssrf import SsrfGuard
+from app.errors import Unavailable
 from app.ingest.batcher import Batcher
+from app.ingest.kafka import KafkaIngest, KafkaProducerIngest, ensure_topics
 from app.ingest.schemas import Event
 from app.migrate import upgrade
 from app.observability import metrics
@@ -48,8 +51,12 @@ class Runtime:
         )
         self._tasks: list[asyncio.Task[None]] = []
         self.bootstrap_key: str | None = None
+        self.consumer: KafkaIngest | None = None
+        self.producer: KafkaProducerIngest | None = None
 
     async def start(self, *, migrate: bool = True, dispatcher: bool = True) -> None:
+        roles = set(self.settings.roles)
+        dispatcher = dispatcher and "dispatcher" in roles
         if migrate:
             await upgrade(self.engine)
         async with self.sessionmaker() as session, session.begin():
@@ -76,8 +83,31 @@ class Runtime:
             self.dispatcher.start()
         self.batcher.start()
         self._tasks.append(asyncio.create_task(self._refresh_policy(), name="policy-refresh"))
+        bootstrap = self.settings.kafka_bootstrap
+        if bootstrap:
+            await ensure_topics(
+                bootstrap, self.settings.kafka_topic, self.settings.kafka_partitions
+            )
+            if "api" in roles:
+                self.producer = KafkaProducerIngest(
+                    bootstrap=bootstrap, topic=self.settings.kafka_topic
+                )
+                await self.producer.start()
+            if "consumer" in roles:
+                self.consumer = KafkaIngest(
+                    self,
+                    bootstrap=bootstrap,
+                    topic=self.settings.kafka_topic,
+                    group=self.settings.kafka_group,
+                    max_records=self.settings.batch_max_events,
+                )
+                await self.consumer.start()
 
     async def stop(self) -> None:
+        if self.producer is not None:
+            await self.producer.stop()
+        if self.consumer is not None:
+            await self.consumer.stop()
         await self.batcher.stop()
         for task in self._tasks:
             task.cancel()
@@ -105,6 +135,21 @@ class Runtime:
             except Exception:
                 log.exception("policy refresh failed")
 
+    async def ingest(self, events: list[Event]) -> list[pipeline.EventStatus]:
+        """Accept validated events: produced to Kafka when it is on, else group-committed."""
+        if self.producer is None:
+            return await self.batcher.submit(events)
+        assert self.policy is not None
+        try:
+            await self.producer.publish(events, self.policy.free_mail)
+        except Exception as exc:
+            raise Unavailable(
+                f"the event log is unavailable ({type(exc).__name__}); retry",
+                headers={"Retry-After": "1"},
+            ) from exc
+        # Queued durably (acks=all); duplicates are recognised when the consumer applies them.
+        return [pipeline.EventStatus(ev.event_id, "accepted") for ev in events]
+
     async def process(self, batch: list[Event]) -> list[pipeline.EventStatus]:
         """One pipeline transaction; deliveries go to the dispatcher after the commit."""
         assert self.policy is not None
@@ -112,6 +157,7 @@ class Runtime:
         now = self.clock.now()
         destinations = await self.destinations.all()
         lease = now + self.dispatcher.lease if self.dispatcher is not None else None
+        started = time.perf_counter()
         async with self.sessionmaker() as session, session.begin():
             result = await pipeline.process(
                 session,
@@ -121,6 +167,8 @@ class Runtime:
                 now=now,
                 lease_until=lease,
             )
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+        metrics.BATCH_SIZE.observe(len(batch))
         by_id = {ev.event_id: ev for ev in batch}
         for st in result.statuses:
             ev = by_id[st.event_id]

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -190,9 +191,13 @@ class Spawned:
             stderr=subprocess.STDOUT,
             text=True,
         )
+        # Drain the output (a full pipe would stall the process); keep it for diagnosis.
+        self.output: list[str] = []
+        self._key_seen = threading.Event()
+        threading.Thread(target=self._drain, args=(self.proc,), daemon=True).start()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.proc.stdout.read() if self.proc.stdout else ""
+            assert self.proc.poll() is None, "".join(self.output[-50:])
             try:
                 if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
                     break
@@ -201,14 +206,20 @@ class Spawned:
         else:
             raise RuntimeError("the service did not become ready")
 
+    def _drain(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self.output.append(line)
+            if line.strip().startswith("ir_") and self.key is None:
+                self.key = line.strip()
+                self._key_seen.set()
+
     def read_key(self) -> str:
         """The bootstrap admin key a first start prints."""
-        assert self.proc is not None and self.proc.stdout is not None
-        for line in self.proc.stdout:
-            if line.strip().startswith("ir_"):
-                self.key = line.strip()
-                return self.key
-        raise AssertionError("no admin key printed")
+        if not self._key_seen.wait(10):
+            raise AssertionError("no admin key printed:\n" + "".join(self.output[-50:]))
+        assert self.key is not None
+        return self.key
 
     def kill(self) -> None:
         assert self.proc is not None

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
@@ -101,10 +100,7 @@ class Batcher:
 
     async def _commit(self, items: list[_Item]) -> None:
         batch = [ev for events, _ in items for ev in events]
-        started = time.perf_counter()
         statuses = await self._process(batch)
-        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
-        metrics.BATCH_SIZE.observe(len(batch))
         i = 0
         for events, fut in items:
             if not fut.done():

@@ -203,7 +203,7 @@ async def ingest_events(request: Request, key: IngestKey) -> IngestResponse:
             code="invalid_body",
             field="body",
         )
-    statuses = await runtime.batcher.submit(events) if events else []
+    statuses = await runtime.ingest(events) if events else []
     return _response(slots, statuses)
 
 
@@ -241,7 +241,7 @@ async def _segment(request: Request, kind: str | None, key_name: str) -> Segment
         if slot is not None:
             log.info("segment message rejected: %s %s", slot.code, slot.message)
     if events:
-        await runtime.batcher.submit(events)
+        await runtime.ingest(events)
     # Segment's SDKs treat anything but 200 as an error and retry; invalid messages are
     # dropped (and counted) rather than retried forever.
     return SegmentResponse(success=True)

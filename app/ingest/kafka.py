@@ -248,3 +248,24 @@ class KafkaProducerIngest:
             for ev in events
         ]
         await asyncio.gather(*futures)
+
+
+async def ensure_topics(bootstrap: str, topic: str, partitions: int) -> None:
+    """Create the events topic and its dead-letter topic unless they exist."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [
+            NewTopic(t, num_partitions=n, replication_factor=1)
+            for t, n in ((topic, partitions), (f"{topic}.dlq", 1))
+            if t not in existing
+        ]
+        if wanted:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(wanted)
+    finally:
+        await admin.close()
