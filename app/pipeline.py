@@ -14,7 +14,8 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import decisions, dumps, events, insert_ignore
+from app.bulk import Bulk
+from app.db import decisions, dumps, events
 from app.delivery.destinations import Destination
 from app.delivery.outbox import NewDelivery, enqueue
 from app.ingest.schemas import ATTRIBUTE_ONLY_TYPES, FUTURE_TOLERANCE_SECONDS, Event
@@ -25,6 +26,20 @@ from app.routing.decisions import Candidate, build
 from app.routing.rules import cooldown_verdict, match_rule
 from app.routing.surge import surge_candidates
 from app.scoring.engine import apply
+
+EVENT_COLUMNS = (
+    "event_id",
+    "received_at",
+    "occurred_at",
+    "type",
+    "source",
+    "transport",
+    "lead_id",
+    "account_domain",
+    "policy_version",
+    "payload",
+)
+EVENT_TYPES = ("text", "float8", "float8", "text", "text", "text", "text", "text", "int4", "text")
 
 
 @dataclass
@@ -121,22 +136,22 @@ async def _ingest(
     if not candidates:
         return statuses, []
     rows = [
-        {
-            "event_id": ev.event_id,
-            "received_at": ev.received_at,
-            "occurred_at": ev.occurred_at,
-            "type": ev.type,
-            "source": ev.source,
-            "transport": ev.transport,
-            "lead_id": ev.identifiers()[0],
-            "account_domain": ev.account_domain,
-            "policy_version": policy.version,
-            "payload": dumps(ev.raw),
-        }
+        (
+            ev.event_id,
+            ev.received_at,
+            ev.occurred_at,
+            ev.type,
+            ev.source,
+            ev.transport,
+            ev.identifiers()[0],
+            ev.account_domain,
+            policy.version,
+            dumps(ev.raw),
+        )
         for ev in candidates
     ]
-    stmt = insert_ignore(session, events, ["event_id"]).returning(events.c.event_id)
-    inserted = set((await session.execute(stmt, rows)).scalars().all())
+    bulk = await Bulk.of(session)
+    inserted = await bulk.insert_new(events, EVENT_COLUMNS, "event_id", EVENT_TYPES, rows)
     if len(inserted) != len(candidates):
         for st in statuses:
             if st.status == "accepted" and st.event_id not in inserted:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -169,15 +170,21 @@ class Runtime:
             )
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
         metrics.BATCH_SIZE.observe(len(batch))
-        by_id = {ev.event_id: ev for ev in batch}
-        for st in result.statuses:
-            ev = by_id[st.event_id]
+        counts: Counter[tuple[str, ...]] = Counter()
+        for ev, st in zip(batch, result.statuses, strict=True):
             if st.status == "accepted":
-                metrics.EVENTS_INGESTED.labels(ev.source, ev.type, ev.transport).inc()
+                counts[("ok", ev.source, ev.type, ev.transport)] += 1
             elif st.status == "duplicate":
-                metrics.EVENTS_DUPLICATE.labels(ev.transport).inc()
+                counts[("dup", ev.transport)] += 1
             else:
-                metrics.EVENTS_REJECTED.labels(ev.transport, st.code or "invalid").inc()
+                counts[("bad", ev.transport, st.code or "invalid")] += 1
+        for key, n in counts.items():
+            if key[0] == "ok":
+                metrics.EVENTS_INGESTED.labels(*key[1:]).inc(n)
+            elif key[0] == "dup":
+                metrics.EVENTS_DUPLICATE.labels(*key[1:]).inc(n)
+            else:
+                metrics.EVENTS_REJECTED.labels(*key[1:]).inc(n)
         for d in result.decisions:
             metrics.DECISIONS.labels(d["type"], d["rule"], d["team"]).inc()
         if result.suppressed:

@@ -111,7 +111,7 @@ def _validate_batch(
             slots.append(_rejection(event_id, path, code, message))
             metrics.EVENTS_REJECTED.labels(transport, code).inc()
             continue
-        ev = to_event(parsed, received_at=received_at, transport=transport)
+        ev = to_event(parsed, received_at=received_at, transport=transport, raw=item)
         bad = check_event(ev, runtime.policy, received_at)
         if bad is not None:
             bad.field = f"events[{i}].{bad.field}"
@@ -191,7 +191,7 @@ async def ingest_events(request: Request, key: IngestKey) -> IngestResponse:
             field, code, message = first_error(exc)
             metrics.EVENTS_REJECTED.labels("http", code).inc()
             raise InvalidInput(message, code=code, field=field) from None
-        ev = to_event(parsed, received_at=received_at, transport="http")
+        ev = to_event(parsed, received_at=received_at, transport="http", raw=data)
         bad = check_event(ev, runtime.policy, received_at)
         if bad is not None:
             metrics.EVENTS_REJECTED.labels("http", bad.code or "invalid").inc()

@@ -176,7 +176,12 @@ class KafkaIngest:
             raise Poison("validate", message, field) from None
         received = headers.get(RECEIVED_AT)
         received_at = float(received) if received else rec.timestamp / 1000
-        ev = to_event(parsed, received_at=received_at, transport="kafka")
+        ev = to_event(
+            parsed,
+            received_at=received_at,
+            transport="kafka",
+            raw=raw if isinstance(raw, dict) else None,
+        )
         bad = check_event(ev, policy, now)
         if bad is not None:
             raise Poison("policy", bad.message or "rejected", bad.field)

@@ -223,7 +223,10 @@ class Event:
         return keys
 
 
-def to_event(e: EventIn, *, received_at: float, transport: str) -> Event:
+def to_event(
+    e: EventIn, *, received_at: float, transport: str, raw: dict[str, Any] | None = None
+) -> Event:
+    """The normalised event; ``raw`` (the document as received) is stored for audit."""
     lead_attrs = {k: v for k, v in e.lead.traits.items() if k not in LEAD_RESERVED}
     for key in ("first_name", "last_name", "title", "country", "phone"):
         value = getattr(e.lead, key)
@@ -253,7 +256,7 @@ def to_event(e: EventIn, *, received_at: float, transport: str) -> Event:
         account_attrs=account_attrs,
         campaign=e.campaign,
         properties=e.properties,
-        raw=e.model_dump(mode="json", exclude_defaults=True),
+        raw=raw if raw is not None else e.model_dump(mode="json", exclude_defaults=True),
     )
 
 

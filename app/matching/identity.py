@@ -10,17 +10,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import identities, upsert
+from app.bulk import Bulk
+from app.db import identities
 from app.ingest.schemas import Event
 from app.policy.schema import CompiledPolicy
 from app.scoring.decay import Accumulators, merge_all
 from app.scoring.state import (
     AccountState,
     LeadState,
-    _chunks,
     load_accounts,
     load_leads,
     save_accounts,
@@ -53,13 +53,9 @@ class BatchState:
         weak = sorted(
             {k for ev in batch for k in ev.identifiers() if k.startswith(("anon:", "user:"))}
         )
-        for chunk in _chunks(weak):
-            rows = await session.execute(
-                select(identities.c.identifier, identities.c.lead_id).where(
-                    identities.c.identifier.in_(chunk)
-                )
-            )
-            self.identity.update({r.identifier: r.lead_id for r in rows})
+        bulk = await Bulk.of(session)
+        rows = await bulk.select_in(identities, ("identifier", "lead_id"), "identifier", weak)
+        self.identity.update({r[0]: r[1] for r in rows})
         lead_ids = {ev.email for ev in batch if ev.email} | set(self.identity.values())
         self.leads = await load_leads(session, lead_ids)
         # Defensive: follow a merge that an identity row did not record.
@@ -81,8 +77,12 @@ class BatchState:
         await save_leads(session, self.leads.values())
         await save_accounts(session, self.accounts.values())
         if self.new_identities:
-            rows = [{"identifier": k, "lead_id": v} for k, v in self.new_identities.items()]
-            await upsert(session, identities, rows, ["identifier"])
+            await (await Bulk.of(session)).upsert(
+                identities,
+                ("identifier", "lead_id"),
+                ("identifier",),
+                list(self.new_identities.items()),
+            )
         for old, new in self.remaps:
             await session.execute(
                 update(identities).where(identities.c.lead_id == old).values(lead_id=new)

@@ -82,14 +82,27 @@ class Condition(BaseModel):
         return names
 
 
-def _lookup(ctx: Context, path: str) -> Any:
-    root, _, rest = path.partition(".")
-    node: Any = ctx.get(root)
-    for part in rest.split("."):
-        if not isinstance(node, Mapping):
-            return None
-        node = node.get(part)
-    return node
+def _getter(path: str) -> Callable[[Context], Any]:
+    """A fast accessor for a dotted path (most paths are ``root.field``)."""
+    root, *parts = path.split(".")
+    if len(parts) == 1:
+        key = parts[0]
+
+        def get1(ctx: Context) -> Any:
+            node = ctx.get(root)  # contexts hold plain dicts (or nothing) under each root
+            return node.get(key) if node is not None else None
+
+        return get1
+
+    def get(ctx: Context) -> Any:
+        node: Any = ctx.get(root)
+        for part in parts:
+            if not isinstance(node, Mapping):
+                return None
+            node = node.get(part)
+        return node
+
+    return get
 
 
 def _num(v: Any) -> float | None:
@@ -116,19 +129,19 @@ def compile_condition(cond: Condition, lists: Mapping[str, frozenset[str]]) -> P
         inner = compile_condition(cond.not_, lists)
         return lambda ctx: not inner(ctx)
 
-    path = cond.field
-    assert path is not None
+    assert cond.field is not None
+    get = _getter(cond.field)
     if cond.eq is not None:
         want = _norm(cond.eq)
-        return lambda ctx: _norm(_lookup(ctx, path)) == want
+        return lambda ctx: _norm(get(ctx)) == want
     if cond.in_ is not None:
         options = frozenset(_norm(v) for v in cond.in_)
-        return lambda ctx: _norm(_lookup(ctx, path)) in options
+        return lambda ctx: _norm(get(ctx)) in options
     if cond.between is not None:
         lo, hi = cond.between
 
         def between(ctx: Context) -> bool:
-            v = _num(_lookup(ctx, path))
+            v = _num(get(ctx))
             return v is not None and lo <= v <= hi
 
         return between
@@ -136,7 +149,7 @@ def compile_condition(cond: Condition, lists: Mapping[str, frozenset[str]]) -> P
         bound = cond.gte
 
         def gte(ctx: Context) -> bool:
-            v = _num(_lookup(ctx, path))
+            v = _num(get(ctx))
             return v is not None and v >= bound
 
         return gte
@@ -144,7 +157,7 @@ def compile_condition(cond: Condition, lists: Mapping[str, frozenset[str]]) -> P
         bound_hi = cond.lte
 
         def lte(ctx: Context) -> bool:
-            v = _num(_lookup(ctx, path))
+            v = _num(get(ctx))
             return v is not None and v <= bound_hi
 
         return lte
@@ -152,13 +165,13 @@ def compile_condition(cond: Condition, lists: Mapping[str, frozenset[str]]) -> P
         rx = re.compile(cond.matches)
 
         def matches(ctx: Context) -> bool:
-            v = _lookup(ctx, path)
+            v = get(ctx)
             return isinstance(v, str) and rx.search(v) is not None
 
         return matches
     if cond.exists is not None:
         want_exists = cond.exists
-        return lambda ctx: (_lookup(ctx, path) not in (None, "")) == want_exists
+        return lambda ctx: (get(ctx) not in (None, "")) == want_exists
     assert cond.in_list is not None
     members = lists.get(cond.in_list, frozenset())
-    return lambda ctx: _norm(_lookup(ctx, path)) in members
+    return lambda ctx: _norm(get(ctx)) in members

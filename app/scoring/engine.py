@@ -10,7 +10,7 @@ from app.ingest.schemas import ATTRIBUTE_ONLY_TYPES, Event
 from app.matching.identity import BatchState, email_domain
 from app.policy.schema import CompiledPolicy
 from app.routing.decisions import Candidate
-from app.scoring.decay import apply_event, clamp, signal_scores
+from app.scoring.decay import apply_event, clamp, raw_intent, signal_scores
 from app.scoring.state import AccountState, LeadState
 
 TOP_SIGNALS = 5
@@ -40,8 +40,7 @@ def evaluate(
     policy: CompiledPolicy, lead: LeadState, account: AccountState | None, t: float
 ) -> Evaluation:
     """Fit (recomputed from current attributes) and intent decayed to ``t``."""
-    ctx = {"lead": lead_context(lead), "account": account.context() if account else {}}
-    fit, breakdown = policy.fit(ctx)
+    fit, breakdown = policy.fit(_fit_context(lead, account))
     signals = signal_scores(lead.signals, t, policy.signals)
     intent = clamp(sum(signals.values()), 0.0, policy.intent_max)
     return Evaluation(fit, breakdown, intent, fit + intent, signals)
@@ -68,18 +67,37 @@ def account_snapshot(account: AccountState | None) -> dict[str, Any] | None:
     }
 
 
+def _fit_context(lead: LeadState, account: AccountState | None) -> dict[str, Any]:
+    return {"lead": lead_context(lead), "account": account.context() if account else {}}
+
+
+def _stored_fit_current(
+    lead: LeadState, account: AccountState | None, policy: CompiledPolicy
+) -> bool:
+    """The fit stored with the lead still holds: same policy, same account, and the
+    account's attributes have not changed since the lead was last scored."""
+    return (
+        lead.policy_version == policy.version
+        and lead.account_domain == lead.stored_account_domain
+        and (account is None or (account.rev == 0 and account.updated_at < lead.updated_at))
+    )
+
+
 def apply(state: BatchState, ev: Event) -> Candidate | None:
     """Fold ``ev`` into its lead and account; a Candidate when the lead's band rose."""
     policy, now = state.policy, state.now
     lead = state.resolve(ev)
     state.attach(lead, state.account_domain_for(ev, lead))
+    attrs_changed = False
     for key, value in ev.lead_attrs.items():
         if lead.attributes.get(key) != value:
             lead.attributes[key] = value
+            attrs_changed = True
     if ev.account_domain and ev.account_attrs:
         acct_for_attrs = state.account(ev.account_domain)
         if acct_for_attrs.update(ev.account_attrs):
             acct_for_attrs.updated_at = now
+            acct_for_attrs.rev += 1
             acct_for_attrs.dirty = True
     account = state.account(lead.account_domain) if lead.account_domain else None
 
@@ -97,18 +115,26 @@ def apply(state: BatchState, ev: Event) -> Candidate | None:
             account.dirty = True
         lead.last_event_at = max(lead.last_event_at, ev.occurred_at)
 
-    ev_ = evaluate(policy, lead, account, now)
+    # Fit depends only on attributes: recompute it when they (or the policy) changed.
+    fit_key = (policy.version, lead.account_domain, account.rev if account else -1)
+    if lead.fit_key is None and not lead.is_new and _stored_fit_current(lead, account, policy):
+        lead.fit_key = fit_key
+    if attrs_changed or lead.fit_key != fit_key:
+        lead.fit = policy.fit(_fit_context(lead, account))[0]
+        lead.fit_key = fit_key
+    lead.intent = clamp(raw_intent(lead.signals, now, policy.signals), 0.0, policy.intent_max)
+    total = lead.fit + lead.intent
     previous = lead.band  # a new lead starts in the lowest band
-    band = policy.band_for(ev_.total, previous)
+    band = policy.band_for(total, previous)
     rose = policy.band_rank[band] > policy.band_rank.get(previous, 0)
     if band != lead.band:
         lead.band, lead.band_at = band, now
-    lead.fit, lead.intent = ev_.fit, ev_.intent
     lead.policy_version = policy.version
     lead.updated_at = now
     lead.dirty = True
     if not rose:
         return None
+    ev_ = evaluate(policy, lead, account, now)  # the full breakdown, for the decision
     tier = account.tier if account else None
     score = {
         "total": round(ev_.total, 4),

@@ -6,14 +6,14 @@ The pipeline mutates these plain objects in memory while it applies a batch, the
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import accounts, dumps, leads, loads, upsert
+from app.bulk import Bulk
+from app.db import accounts, dumps, leads, loads
 from app.scoring.decay import Accumulators
 
 CHUNK = 5000
@@ -25,7 +25,9 @@ def _chunks(items: list[str]) -> Iterable[list[str]]:
 
 
 def _accs(text: str | None) -> Accumulators:
-    return {k: (v[0], v[1]) for k, v in loads(text).items()}
+    # Stored as {"signal": [acc, t_ref]}; the decay functions only index the pairs.
+    accs: Accumulators = loads(text)
+    return accs
 
 
 @dataclass(slots=True)
@@ -50,50 +52,59 @@ class LeadState:
     updated_at: float = 0.0
     dirty: bool = False
     is_new: bool = False
+    # In memory only: the account the row had when loaded, and what the fit was computed for.
+    stored_account_domain: str | None = None
+    fit_key: tuple[Any, ...] | None = None
 
-    def row(self) -> dict[str, Any]:
-        return {
-            "lead_id": self.lead_id,
-            "email": self.email,
-            "account_domain": self.account_domain,
-            "attributes": dumps(self.attributes),
-            "signals": dumps(self.signals),
-            "fit": self.fit,
-            "intent": self.intent,
-            "band": self.band,
-            "band_at": self.band_at,
-            "policy_version": self.policy_version,
-            "source": self.source,
-            "first_seen_at": self.first_seen_at,
-            "last_event_at": self.last_event_at,
-            "last_decision_at": self.last_decision_at,
-            "last_decision_band": self.last_decision_band,
-            "last_decision_tier": self.last_decision_tier,
-            "merged_into": self.merged_into,
-            "updated_at": self.updated_at,
-        }
+    def values(self) -> tuple[Any, ...]:
+        """The row, in ``LEAD_COLUMNS`` order."""
+        return (
+            self.lead_id,
+            self.email,
+            self.account_domain,
+            dumps(self.attributes),
+            dumps(self.signals),
+            self.fit,
+            self.intent,
+            self.band,
+            self.band_at,
+            self.policy_version,
+            self.source,
+            self.first_seen_at,
+            self.last_event_at,
+            self.last_decision_at,
+            self.last_decision_band,
+            self.last_decision_tier,
+            self.merged_into,
+            self.updated_at,
+        )
 
 
-def lead_from_row(r: Any) -> LeadState:
+LEAD_COLUMNS = tuple(c.name for c in leads.columns)
+
+
+def lead_from_row(r: Sequence[Any]) -> LeadState:
+    """From a row in ``LEAD_COLUMNS`` order (a driver tuple or a SQLAlchemy Row)."""
     return LeadState(
-        lead_id=r.lead_id,
-        email=r.email,
-        account_domain=r.account_domain,
-        attributes=loads(r.attributes),
-        signals=_accs(r.signals),
-        fit=r.fit,
-        intent=r.intent,
-        band=r.band,
-        band_at=r.band_at,
-        policy_version=r.policy_version,
-        source=r.source,
-        first_seen_at=r.first_seen_at,
-        last_event_at=r.last_event_at,
-        last_decision_at=r.last_decision_at,
-        last_decision_band=r.last_decision_band,
-        last_decision_tier=r.last_decision_tier,
-        merged_into=r.merged_into,
-        updated_at=r.updated_at,
+        lead_id=r[0],
+        email=r[1],
+        account_domain=r[2],
+        attributes=loads(r[3]),
+        signals=_accs(r[4]),
+        fit=r[5],
+        intent=r[6],
+        band=r[7],
+        band_at=r[8],
+        policy_version=r[9],
+        source=r[10],
+        first_seen_at=r[11],
+        last_event_at=r[12],
+        last_decision_at=r[13],
+        last_decision_band=r[14],
+        last_decision_tier=r[15],
+        merged_into=r[16],
+        updated_at=r[17],
+        stored_account_domain=r[2],
     )
 
 
@@ -128,6 +139,7 @@ class AccountState:
     last_decision_tier: str | None = None
     updated_at: float = 0.0
     dirty: bool = False
+    rev: int = 0  # in memory: attribute changes within the current batch
 
     def context(self) -> dict[str, Any]:
         """What conditions see under ``account.``."""
@@ -151,70 +163,72 @@ class AccountState:
                 changed = True
         return changed
 
-    def row(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"domain": self.domain}
-        for col in ACCOUNT_COLUMNS:
-            out[col] = getattr(self, col)
-        out.update(
-            attributes=dumps(self.attributes),
-            signals=dumps(self.signals),
-            active_leads=self.active_leads,
-            last_event_at=self.last_event_at,
-            last_decision_at=self.last_decision_at,
-            last_decision_tier=self.last_decision_tier,
-            updated_at=self.updated_at,
+    def values(self) -> tuple[Any, ...]:
+        """The row, in ``ACCOUNT_ROW_COLUMNS`` order."""
+        return (
+            self.domain,
+            self.name,
+            self.tier,
+            self.owner,
+            self.territory,
+            self.industry,
+            self.employees,
+            self.country,
+            self.annual_revenue,
+            dumps(self.attributes),
+            dumps(self.signals),
+            self.active_leads,
+            self.last_event_at,
+            self.last_decision_at,
+            self.last_decision_tier,
+            self.updated_at,
         )
-        return out
 
 
-def account_from_row(r: Any) -> AccountState:
+ACCOUNT_ROW_COLUMNS = tuple(c.name for c in accounts.columns)
+
+
+def account_from_row(r: Sequence[Any]) -> AccountState:
+    """From a row in ``ACCOUNT_ROW_COLUMNS`` order (a driver tuple or a SQLAlchemy Row)."""
     return AccountState(
-        domain=r.domain,
-        name=r.name,
-        tier=r.tier,
-        owner=r.owner,
-        territory=r.territory,
-        industry=r.industry,
-        employees=r.employees,
-        country=r.country,
-        annual_revenue=r.annual_revenue,
-        attributes=loads(r.attributes),
-        signals=_accs(r.signals),
-        active_leads=r.active_leads,
-        last_event_at=r.last_event_at,
-        last_decision_at=r.last_decision_at,
-        last_decision_tier=r.last_decision_tier,
-        updated_at=r.updated_at,
+        domain=r[0],
+        name=r[1],
+        tier=r[2],
+        owner=r[3],
+        territory=r[4],
+        industry=r[5],
+        employees=r[6],
+        country=r[7],
+        annual_revenue=r[8],
+        attributes=loads(r[9]),
+        signals=_accs(r[10]),
+        active_leads=r[11],
+        last_event_at=r[12],
+        last_decision_at=r[13],
+        last_decision_tier=r[14],
+        updated_at=r[15],
     )
 
 
 async def load_leads(session: AsyncSession, lead_ids: Iterable[str]) -> dict[str, LeadState]:
-    ids = sorted(set(lead_ids))
-    out: dict[str, LeadState] = {}
-    for chunk in _chunks(ids):
-        result = await session.execute(select(leads).where(leads.c.lead_id.in_(chunk)))
-        for r in result:
-            out[r.lead_id] = lead_from_row(r)
-    return out
+    bulk = await Bulk.of(session)
+    rows = await bulk.select_in(leads, LEAD_COLUMNS, "lead_id", sorted(set(lead_ids)))
+    return {r[0]: lead_from_row(r) for r in rows}
 
 
 async def load_accounts(session: AsyncSession, domains: Iterable[str]) -> dict[str, AccountState]:
-    ids = sorted(set(domains))
-    out: dict[str, AccountState] = {}
-    for chunk in _chunks(ids):
-        result = await session.execute(select(accounts).where(accounts.c.domain.in_(chunk)))
-        for r in result:
-            out[r.domain] = account_from_row(r)
-    return out
+    bulk = await Bulk.of(session)
+    rows = await bulk.select_in(accounts, ACCOUNT_ROW_COLUMNS, "domain", sorted(set(domains)))
+    return {r[0]: account_from_row(r) for r in rows}
 
 
 async def save_leads(session: AsyncSession, states: Iterable[LeadState]) -> None:
-    rows = [s.row() for s in states if s.dirty]
+    rows = [s.values() for s in states if s.dirty]
     if rows:
-        await upsert(session, leads, rows, ["lead_id"])
+        await (await Bulk.of(session)).upsert(leads, LEAD_COLUMNS, ("lead_id",), rows)
 
 
 async def save_accounts(session: AsyncSession, states: Iterable[AccountState]) -> None:
-    rows = [s.row() for s in states if s.dirty]
+    rows = [s.values() for s in states if s.dirty]
     if rows:
-        await upsert(session, accounts, rows, ["domain"])
+        await (await Bulk.of(session)).upsert(accounts, ACCOUNT_ROW_COLUMNS, ("domain",), rows)
