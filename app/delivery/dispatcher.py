@@ -74,11 +74,10 @@ class Dispatcher:
         self._clock = clock
         self._schedule = schedule
         self.lease = lease
-        self._client = httpx.AsyncClient(
-            timeout=timeout,
-            follow_redirects=False,
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=200),
-        )
+        self._timeout = timeout
+        # One small connection pool per destination: httpcore scans every pooled
+        # connection on each request, and a slow endpoint never holds another's sockets.
+        self._clients: dict[str, httpx.AsyncClient] = {}
         self._concurrency = concurrency
         self._limits: dict[str, asyncio.Semaphore] = {}
         self._inflight: set[asyncio.Task[None]] = set()
@@ -106,7 +105,8 @@ class Dispatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._flush()
-        await self._client.aclose()
+        for client in self._clients.values():
+            await client.aclose()
 
     def poke(self) -> None:
         """Run the poller now (after a redelivery request, say)."""
@@ -219,7 +219,7 @@ class Dispatcher:
         headers = signing.headers([dest.secret], job.decision_id, ts, job.body)
         headers["user-agent"] = "intent-router/0.1"
         try:
-            resp = await self._client.post(dest.url, content=job.body, headers=headers)
+            resp = await self._client(dest.id).post(dest.url, content=job.body, headers=headers)
         except httpx.TimeoutException:
             return done(None, "timeout")
         except httpx.HTTPError as exc:
@@ -233,6 +233,18 @@ class Dispatcher:
                 resp.headers.get("retry-after"), self._clock.now()
             )
         return done(resp.status_code, f"http_{resp.status_code}", body, retry_after)
+
+    def _client(self, destination_id: str) -> httpx.AsyncClient:
+        client = self._clients.get(destination_id)
+        if client is None:
+            n = self._concurrency
+            client = httpx.AsyncClient(
+                timeout=self._timeout,
+                follow_redirects=False,
+                limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
+            )
+            self._clients[destination_id] = client
+        return client
 
     # -- recording -----------------------------------------------------------------------
     def _record(self, outcome: Outcome) -> None:

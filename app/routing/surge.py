@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.bulk import Bulk
 from app.clock import iso
 from app.db import leads
 from app.matching.identity import BatchState
 from app.routing.decisions import Candidate
 from app.scoring.decay import Accumulators, raw_intent, signal_scores
 from app.scoring.engine import account_snapshot, top_signals
-from app.scoring.state import _accs, _chunks
+from app.scoring.state import _accs
 
 
 def _count_active(
@@ -35,29 +35,42 @@ async def surge_candidates(
     if not account_rules or not touched:
         return []
     tiers_of_interest = set().union(*(r.tiers or {"*"} for r in account_rules))
-    domains = sorted(
+    eligible = {
         d
         for d in touched
         if "*" in tiers_of_interest or (state.accounts[d].tier or "none") in tiers_of_interest
-    )
-    if not domains:
-        return []
+    }
     surge = policy.doc.routing.surge
     cutoff = now - surge.window
-    before: dict[str, dict[str, tuple[Accumulators, float]]] = {d: {} for d in domains}
-    for chunk in _chunks(domains):
-        rows = await session.execute(
-            select(
-                leads.c.lead_id, leads.c.account_domain, leads.c.signals, leads.c.last_event_at
-            ).where(
-                leads.c.account_domain.in_(chunk),
-                leads.c.merged_into.is_(None),
-                leads.c.last_event_at >= cutoff,
-            )
+
+    def active(signals: Accumulators, last_event_at: float) -> bool:
+        return (
+            last_event_at >= cutoff
+            and raw_intent(signals, now, policy.signals) >= surge.active_lead_intent
         )
-        for r in rows:
-            if r.lead_id not in state.leads:
-                before[r.account_domain][r.lead_id] = (_accs(r.signals), r.last_event_at)
+
+    # A count can only rise when some lead became active at the account in this batch
+    # (decay only lowers it), so only those accounts are recounted from the database.
+    rising: set[str] = set()
+    for lead in state.leads.values():
+        d = lead.account_domain
+        if d not in eligible or lead.merged_into or not active(lead.signals, lead.last_event_at):
+            continue
+        base = state.base_signals.get(lead.lead_id)
+        if base is None or base[0] != d or not active(base[1], base[2]):
+            rising.add(d)
+    domains = sorted(rising)
+    if not domains:
+        return []
+    before: dict[str, dict[str, tuple[Accumulators, float]]] = {d: {} for d in domains}
+    bulk = await Bulk.of(session)
+    rows = await bulk.select_in(
+        leads, ("lead_id", "account_domain", "signals", "last_event_at", "merged_into"),
+        "account_domain", domains,
+    )
+    for lead_id, domain, signals, last_event_at, merged_into in rows:
+        if merged_into is None and last_event_at >= cutoff and lead_id not in state.leads:
+            before[domain][lead_id] = (_accs(signals), last_event_at)
     after = {d: dict(m) for d, m in before.items()}
     for lead_id, (domain, signals, last) in state.base_signals.items():
         if domain in before:
