@@ -1,12 +1,12 @@
-"""The three measured phases and the set-up they need, each against the running service."""
+"""The measured HTTP phases and the set-up they need, each against the running service."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -54,6 +54,14 @@ async def set_signal_points(client: httpx.AsyncClient, signal: str, points: floa
         headers=JSON,
     )
     return int(_expect(r, 200, "PUT /v1/policy")["version"])
+
+
+async def free_mail(client: httpx.AsyncClient) -> frozenset[str]:
+    """The active policy's free-mail domains (the service's partition key skips them)."""
+    current = _expect(await client.get("/v1/policy"), 200, "GET /v1/policy")
+    return frozenset(
+        str(d).lower() for d in current["policy"].get("lists", {}).get("free_mail", [])
+    )
 
 
 async def receiver_count(rec: httpx.AsyncClient) -> int:
@@ -189,14 +197,16 @@ async def post_single_events(
     return run
 
 
-# -- 3. event → webhook latency -------------------------------------------------------------
+# -- 3./4. event → webhook latency ---------------------------------------------------------
 @dataclass
 class LatencyRun:
-    offered: int = 0
+    offered: int = 0  # events sent, routed or not
     offered_rate: float = 0.0
     skipped: int = 0  # not sent: too many requests already in flight
     unanswered: int = 0  # no response by the end of the drain
-    accepted: int = 0
+    accepted: int = 0  # events the service took (202, accepted or our retry's duplicate)
+    routed_offered: int = 0  # sent events that should route (make a new lead hot)
+    expected: int = 0  # of those, accepted: one lead.routed webhook each
     status: Counter[int] = field(default_factory=Counter)
     request_latencies: list[float] = field(default_factory=list)
     schedule_lag: list[float] = field(default_factory=list)
@@ -217,6 +227,15 @@ class LatencyRun:
     def webhooks_per_second(self) -> float:
         return self.received / self.span if self.span > 0 else 0.0
 
+    @property
+    def complete(self) -> bool:
+        return (
+            self.missing == 0
+            and self.accepted == self.offered
+            and self.expected == self.routed_offered
+            and not self.duplicates
+        )
+
 
 def _taken(body: bytes) -> bool:
     """One event answered accepted, or duplicate (the pool's retry of one that was)."""
@@ -233,31 +252,35 @@ def _parse_ts(text: str | None) -> float | None:
         return None
 
 
-async def offer_hot_leads(
+# Event i of the run → (the event, whether it should yield one lead.routed webhook).
+MakeEvent = Callable[[int, float], tuple[dict[str, Any], bool]]
+
+
+async def offer_events(
     pool: Http1Pool,
     rec: httpx.AsyncClient,
-    factory: EventFactory,
-    accounts: list[Account],
+    make: MakeEvent,
     *,
     rate: float,
     seconds: float,
-    rng: random.Random,
     drain_timeout: float = 60.0,
     max_in_flight: int = 6_000,
 ) -> LatencyRun:
     """Open loop: one single-event POST every 1/rate s, each in its own task, whatever
-    the responses do. Every event makes a new lead hot, so each should yield one webhook."""
+    the responses do. Events that ``make`` marks as routed each make a new lead hot and
+    should yield one ``lead.routed`` webhook, matched by ``data.trigger_event_id``."""
     run = LatencyRun()
     n = int(rate * seconds)
-    sent_at: dict[str, float] = {}
-    accepted_ids: set[str] = set()
+    sent_at: dict[str, float] = {}  # routed events only
+    expected_ids: set[str] = set()
     tasks: set[asyncio.Task[None]] = set()
 
-    async def send(event: dict[str, Any]) -> None:
+    async def send(event: dict[str, Any], routed: bool) -> None:
         body = orjson.dumps(event)
         eid = event["event_id"]
         started = time.perf_counter()
-        sent_at[eid] = time.time()
+        if routed:
+            sent_at[eid] = time.time()
         try:
             r = await pool.post("/v1/events", body)
         except (HttpError, OSError) as exc:
@@ -267,7 +290,9 @@ async def offer_hot_leads(
         run.status[r.status] += 1
         # A duplicate can only be our own retry of a request the service did take.
         if r.status == 202 and _taken(r.body):
-            accepted_ids.add(eid)
+            run.accepted += 1
+            if routed:
+                expected_ids.add(eid)
         elif len(run.errors) < 3:
             run.errors.append(f"HTTP {r.status}: {r.body[:300]!r}")
 
@@ -282,34 +307,44 @@ async def offer_hot_leads(
         if len(tasks) >= max_in_flight:  # one connection each: stay clear of the fd limit
             run.skipped += 1
             continue
-        event = factory.hot_lead_event(rng.choice(accounts), time.time())
-        task = asyncio.create_task(send(event))
+        event, routed = make(i, time.time())
+        run.routed_offered += routed
+        task = asyncio.create_task(send(event, routed))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
     run.offered = n - run.skipped
     run.offered_rate = n / max(1e-9, loop.time() - t0)
 
-    # Wait for every response and every webhook (the service may be far behind), within
-    # drain_timeout in all, then for the receiver to be quiet a moment.
+    # Wait for every response and every expected webhook (the service may be far behind),
+    # within drain_timeout in all, then for the receiver to be quiet a moment. Other
+    # webhooks (surges, ordinary events that happened to route) count at the receiver too,
+    # so the count is only a hint: the matched set decides.
     deadline = time.monotonic() + drain_timeout
     if tasks:
         await asyncio.wait(set(tasks), timeout=max(0.1, deadline - time.monotonic()))
     while time.monotonic() < deadline:
-        if await receiver_count(rec) >= len(accepted_ids):
+        if await receiver_count(rec) >= len(expected_ids):
             break
         await asyncio.sleep(0.1)
     left = max(1.0, deadline - time.monotonic())
     _, run.settled = await wait_quiet(rec, quiet=0.5, within=left)
+    records = (await rec.get("/stats", timeout=60)).json()
+    while time.monotonic() < deadline:
+        matched = {r[1] for r in records if r[0] == "lead.routed"}
+        if expected_ids <= matched:
+            break
+        await asyncio.sleep(0.5)
+        records = (await rec.get("/stats", timeout=60)).json()
     run.unanswered = len(tasks)
     for task in list(tasks):
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    run.accepted = len(accepted_ids)
+    run.expected = len(expected_ids)
 
     seen: set[str] = set()
     first_sent, last_at = min(sent_at.values(), default=0.0), 0.0
-    for type_, trigger, received_at, at in (await rec.get("/stats", timeout=60)).json():
+    for type_, trigger, received_at, at in records:
         if type_ != "lead.routed" or trigger not in sent_at:
             run.other_webhooks[str(type_)] += 1
             continue
@@ -326,5 +361,5 @@ async def offer_hot_leads(
             run.in_service.append(at - arrived)
     run.received = len(seen)
     run.span = last_at - first_sent if seen else 0.0
-    run.missing = len(accepted_ids - seen)
+    run.missing = len(expected_ids - seen)
     return run

@@ -150,8 +150,9 @@ class Child:
         return self.proc.poll()
 
 
-def find_child(name: str) -> Child | None:
-    return next((c for c in _children if c.name == name), None)
+def find_child(prefix: str) -> Child | None:
+    """The newest running-or-not child whose name starts with ``prefix``."""
+    return next((c for c in reversed(_children) if c.name.startswith(prefix)), None)
 
 
 def stop_all() -> None:

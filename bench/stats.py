@@ -45,11 +45,15 @@ WATCHED = (
     "intent_decisions_total",
     "intent_decisions_suppressed_total",
     "intent_deliveries_total",
+    "intent_events_ingested_total",
+    "intent_events_duplicate_total",
+    "intent_events_rejected_total",
 )
 
 
 async def scrape(client: httpx.AsyncClient) -> dict[str, float]:
-    """Watched series from ``/metrics``: name (+ labels for buckets) → value, summed."""
+    """Watched series from ``/metrics``: name (+ ``|le`` for buckets, ``|outcome`` for
+    deliveries, ``|transport`` for event counters) → value, summed over other labels."""
     try:
         r = await client.get("/metrics", timeout=10)
     except httpx.HTTPError:
@@ -66,6 +70,9 @@ async def scrape(client: httpx.AsyncClient) -> dict[str, float]:
         elif name == "intent_deliveries_total":
             outcome = re.search(r'outcome="([^"]+)"', labels)
             name = f"{name}|{outcome.group(1) if outcome else '?'}"
+        elif name.startswith("intent_events_"):
+            transport = re.search(r'transport="([^"]+)"', labels)
+            name = f"{name}|{transport.group(1) if transport else '?'}"
         out[name] = out.get(name, 0.0) + value
     return out
 
@@ -92,10 +99,12 @@ def histogram_quantile(d: dict[str, float], metric: str, q: float) -> float:
 @dataclass
 class CpuMeter:
     """CPU used between start() and stop() by the service (its event-loop thread and the
-    rest: aiosqlite's worker threads, where SQLite runs), the receiver and this process."""
+    rest: aiosqlite's worker threads, where SQLite runs), the receiver, this process and,
+    in the Kafka phases, the broker's JVM."""
 
     service: int
     receiver: int
+    broker: int | None = None  # the Kafka JVM, when known
     wall: float = 0.0
     used: dict[str, float] = field(default_factory=dict)
     _t0: float = 0.0
@@ -107,6 +116,7 @@ class CpuMeter:
             "loop": cpu_seconds(self.service, self.service),
             "receiver": cpu_seconds(self.receiver),
             "client": self_cpu_seconds(),
+            "broker": cpu_seconds(self.broker) if self.broker else 0.0,
         }
 
     def start(self) -> None:
@@ -127,4 +137,5 @@ class CpuMeter:
             f"service {total:.0f}% (event loop thread {loop:.0f}%, other threads "
             f"{total - loop:.0f}%), receiver {self.share('receiver'):.0f}%, "
             f"bench client {self.share('client'):.0f}%"
+            + (f", Kafka broker {self.share('broker'):.0f}%" if self.broker else "")
         )

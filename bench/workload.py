@@ -52,6 +52,21 @@ ICP_INDUSTRIES = ("software", "internet", "financial_services", "healthcare")
 OTHER_INDUSTRIES = ("retail", "manufacturing", "education", "logistics")
 ICP_COUNTRIES = ("US", "US", "US", "GB", "DE", "FR", "CA", "NL", "AU")
 OTHER_COUNTRIES = ("BR", "IN", "JP", "MX")
+# Web-tracking context that real site events carry (the Kafka phases send it: ~400 bytes).
+REFERRERS = (
+    "https://www.google.com/",
+    "https://www.linkedin.com/",
+    "https://www.bing.com/",
+    "https://news.ycombinator.com/",
+    "",
+)
+USER_AGENTS = (
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+    "Version/17.1 Safari/605.1.15",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/120.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0",
+)
 FIRST = ("dana", "alex", "sam", "kim", "lee", "noa", "ravi", "mia", "tom", "ana", "jo", "li")
 LAST = ("smith", "garcia", "chen", "mueller", "rossi", "dubois", "tanaka", "silva", "khan")
 
@@ -147,6 +162,9 @@ class EventFactory:
         self.n = 0
         self._types = [name for name, _ in SIGNALS]
         self._type_w = [w for _, w in SIGNALS]
+        # Without demo requests: the pool's ordinary traffic, which (almost) never routes.
+        self._plain_types = [name for name, _ in SIGNALS if name != "demo_request"]
+        self._plain_w = [w for name, w in SIGNALS if name != "demo_request"]
         self._sources = [name for name, _ in SOURCES]
         self._source_w = [w for _, w in SOURCES]
 
@@ -154,10 +172,17 @@ class EventFactory:
         self.n += 1
         return f"evt_{self.run_id}_{tag}_{self.n:07d}"
 
-    def event(self, now: float, tag: str = "b") -> dict[str, Any]:
+    def event(
+        self, now: float, tag: str = "b", *, plain: bool = False, rich: bool = False
+    ) -> dict[str, Any]:
+        """An event of a lead of the pool. ``plain``: no demo requests (ordinary traffic);
+        ``rich``: with the referrer and user agent a tracking script sends (~400 bytes)."""
         rng = self.rng
         lead = rng.choice(self.leads)
-        type_ = rng.choices(self._types, weights=self._type_w)[0]
+        if plain:
+            type_ = rng.choices(self._plain_types, weights=self._plain_w)[0]
+        else:
+            type_ = rng.choices(self._types, weights=self._type_w)[0]
         who: dict[str, Any] = {}
         if lead.email and lead.anonymous_id:
             # Stitched leads: part of their history arrives before they identify.
@@ -184,6 +209,14 @@ class EventFactory:
             ev["properties"] = {"url": rng.choice(urls)}
         if rng.random() < 0.3:
             ev["campaign"] = f"q4-{rng.choice(('abm', 'webinar', 'retargeting'))}"
+        if rich:
+            props = ev.setdefault("properties", {})
+            if "url" in props:
+                props["url"] = f"https://www.vendor.example{props['url']}"
+                props["referrer"] = rng.choice(REFERRERS)
+            else:
+                props["message_id"] = f"<{rng.getrandbits(64):016x}@mail.vendor.example>"
+            props["user_agent"] = rng.choice(USER_AGENTS)
         return ev
 
     def batches(self, n_events: int, size: int, now: float) -> list[bytes]:
@@ -193,6 +226,15 @@ class EventFactory:
             k = min(size, n_events - start)
             out.append(orjson.dumps({"events": [self.event(now) for _ in range(k)]}))
         return out
+
+    def mixed(
+        self, now: float, i: int, every: int, accounts: list[Account]
+    ) -> tuple[dict[str, Any], bool]:
+        """Event ``i`` of a realistic mix: every ``every``-th makes a new lead hot (True),
+        the others are ordinary pool traffic (no demo requests)."""
+        if i % every == 0:
+            return self.hot_lead_event(self.rng.choice(accounts), now), True
+        return self.event(now, "m", plain=True), False
 
     def hot_lead_event(self, account: Account, now: float) -> dict[str, Any]:
         """A demo request from a new VP at a tier-1 ICP account: fit 50, hot with 30 points."""
@@ -206,3 +248,21 @@ class EventFactory:
             "account": account.event_fields(),
             "properties": {"url": "/demo"},
         }
+
+
+def kafka_key(ev: dict[str, Any], free_mail: frozenset[str]) -> bytes:
+    """The partition key the service uses (``app.ingest.kafka.partition_key``): the email's
+    domain unless free-mail, else the account's domain, else the lead's strongest key."""
+    lead = ev["lead"]
+    email = (lead.get("email") or "").lower()
+    domain = email.rsplit("@", 1)[1] if "@" in email else None
+    if domain and domain not in free_mail:
+        return domain.encode()
+    acct = ((ev.get("account") or {}).get("domain") or "").lower() or None
+    if acct and acct not in free_mail:
+        return acct.encode()
+    if email:
+        return email.encode()
+    if lead.get("user_id"):
+        return f"user:{lead['user_id']}".encode()
+    return f"anon:{lead['anonymous_id']}".encode()

@@ -314,6 +314,13 @@ class CompiledPolicy:
             for r in doc.routing.rules
         ]
 
+        # Bands a lead's rise into can route: the default queue's plus any lead rule's.
+        lead_rules = [r for r in self.rules if r.rule.kind == "lead"]
+        if any(r.bands is None for r in lead_rules):
+            self.routable_bands = frozenset(self.band_rank)
+        else:
+            self.routable_bands = self.route_bands.union(*(r.bands or () for r in lead_rules))
+
     def band_for(self, total: float, previous: str | None) -> str:
         """The band for ``total``, with hysteresis relative to ``previous``."""
         candidate = self.bands[-1].name

@@ -132,8 +132,8 @@ def apply(state: BatchState, ev: Event) -> Candidate | None:
     lead.policy_version = policy.version
     lead.updated_at = now
     lead.dirty = True
-    if not rose:
-        return None
+    if not rose or band not in policy.routable_bands:
+        return None  # no rule can route this rise: skip building the decision's snapshot
     ev_ = evaluate(policy, lead, account, now)  # the full breakdown, for the decision
     tier = account.tier if account else None
     score = {
