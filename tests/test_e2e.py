@@ -346,6 +346,8 @@ async def test_account_surge_routes_to_the_account_owner(
     assert acct["active_leads"] == 3
     assert abs(acct["intent"] - 60.0) < 1e-6
     assert acct["decisions"][0]["type"] == "account.surge"
+    clock.advance(8 * 86400)  # past the 7-day window: nobody is active any more
+    assert (await svc.client.get("/v1/accounts/surge.io")).json()["active_leads"] == 0
 
 
 async def test_round_robin_with_daily_cap_then_default_queue(

@@ -30,9 +30,9 @@ from app.db import accounts, decisions, deliveries, delivery_attempts, identitie
 from app.errors import InvalidInput, NotFound
 from app.ingest.schemas import normalise_domain
 from app.policy.schema import CompiledPolicy
-from app.scoring.decay import clamp, signal_scores
+from app.scoring.decay import clamp, raw_intent, signal_scores
 from app.scoring.engine import evaluate
-from app.scoring.state import AccountState, LeadState, account_from_row, lead_from_row
+from app.scoring.state import AccountState, LeadState, _accs, account_from_row, lead_from_row
 
 router = APIRouter()
 ERRORS: dict[int | str, dict[str, Any]] = {401: {}, 403: {}, 404: {}, 422: {}}
@@ -265,6 +265,20 @@ async def get_account(
             LeadSummary(lead_id=lead.lead_id, email=lead.email, account_domain=domain, score=score)
         )
     summaries.sort(key=lambda s: -s.score.total)
+    # Active leads now (the stored count is as of the account's last event).
+    surge = policy.doc.routing.surge
+    recent = await session.execute(
+        select(leads.c.signals, leads.c.last_event_at).where(
+            leads.c.account_domain == domain,
+            leads.c.merged_into.is_(None),
+            leads.c.last_event_at >= now - surge.window,
+        )
+    )
+    active_now = sum(
+        1
+        for r in recent
+        if raw_intent(_accs(r.signals), now, policy.signals) >= surge.active_lead_intent
+    )
     return AccountView(
         domain=acct.domain,
         name=acct.name,
@@ -280,7 +294,7 @@ async def get_account(
         intent_breakdown=_signals(scores),
         fit=fit,
         fit_breakdown=[FitItem(rule=r, points=p) for r, p in breakdown],
-        active_leads=acct.active_leads,
+        active_leads=active_now,
         leads=summaries,
         decisions=await _decisions_for(session, domain=domain),
         evaluated_at=iso(now) or "",
