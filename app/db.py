@@ -171,6 +171,12 @@ destinations = Table(
     Column("filter", Text, nullable=False, default="{}"),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    # Why and when it was switched off (410 Gone, an admin); cleared when re-enabled.
+    Column("disabled_reason", String(200)),
+    Column("disabled_at", Float),
+    # The secret before the last rotation, still signed with until it expires.
+    Column("previous_secret", String(200)),
+    Column("previous_secret_expires_at", Float),
 )
 
 deliveries = Table(

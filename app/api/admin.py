@@ -351,7 +351,14 @@ class DestinationView(BaseModel):
     format: str
     filter: dict[str, list[str]]
     created_at: str | None
-    secret: str | None = Field(default=None, description="shown only when created")
+    disabled_reason: str | None = Field(
+        default=None, description='why it is off: "http_410" (the endpoint answered 410), "admin"'
+    )
+    disabled_at: str | None = None
+    previous_secret_expires_at: str | None = Field(
+        default=None, description="until then webhooks carry the previous secret's signature too"
+    )
+    secret: str | None = Field(default=None, description="shown only when created or rotated")
 
 
 class DestinationList(BaseModel):
@@ -367,6 +374,9 @@ def _dest_view(r: Any, secret: str | None = None) -> DestinationView:
         format=r.format,
         filter=orjson.loads(r.filter),
         created_at=iso(r.created_at),
+        disabled_reason=r.disabled_reason,
+        disabled_at=iso(r.disabled_at),
+        previous_secret_expires_at=iso(r.previous_secret_expires_at),
         secret=secret,
     )
 
@@ -424,6 +434,8 @@ async def create_destination(
             url=body.url,
             secret=secret,
             enabled=body.enabled,
+            disabled_reason=None if body.enabled else "admin",
+            disabled_at=None if body.enabled else now,
             format=body.format,
             filter=_filter_json(body.filter),
             created_at=now,
@@ -490,14 +502,17 @@ async def update_destination(
 ) -> DestinationView:
     await _dest_row(session, destination_id)
     body: DestinationPatch = await _body_model(request, DestinationPatch)
-    values: dict[str, Any] = {"updated_at": runtime.clock.now()}
+    now = runtime.clock.now()
+    values: dict[str, Any] = {"updated_at": now}
     if body.url is not None:
         await runtime.guard.check_url(body.url)
         values["url"] = body.url
     if body.name is not None:
         values["name"] = body.name
-    if body.enabled is not None:
-        values["enabled"] = body.enabled
+    if body.enabled is True:
+        values.update(enabled=True, disabled_reason=None, disabled_at=None)
+    elif body.enabled is False:
+        values.update(enabled=False, disabled_reason="admin", disabled_at=now)
     if body.filter is not None:
         values["filter"] = _filter_json(body.filter)
     await session.execute(

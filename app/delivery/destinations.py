@@ -23,6 +23,15 @@ class Destination:
     enabled: bool
     format: str
     filter: dict[str, list[str]] = field(default_factory=dict)
+    previous_secret: str | None = None
+    previous_secret_expires_at: float | None = None
+
+    def secrets(self, now: float) -> list[str]:
+        """The secrets to sign with: the current one, and the previous while it overlaps."""
+        expires = self.previous_secret_expires_at
+        if self.previous_secret and expires is not None and now < expires:
+            return [self.secret, self.previous_secret]
+        return [self.secret]
 
     def matches(self, decision: dict[str, Any], rule_destinations: list[str] | None) -> bool:
         """Enabled, named by the rule (if it names any) and every filter key satisfied."""
@@ -46,6 +55,8 @@ def destination_from_row(r: Any) -> Destination:
         enabled=r.enabled,
         format=r.format,
         filter=loads(r.filter),
+        previous_secret=r.previous_secret,
+        previous_secret_expires_at=r.previous_secret_expires_at,
     )
 
 

@@ -21,7 +21,7 @@ from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.clock import Clock
-from app.db import decisions, deliveries, delivery_attempts, dialect_of
+from app.db import decisions, deliveries, delivery_attempts, destinations, dialect_of
 from app.delivery import retry, signing
 from app.delivery.destinations import Destination, DestinationCache
 from app.delivery.outbox import NewDelivery
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
 RESPONSE_BODY_CAP = 4096
+GONE = 410  # the receiver says the endpoint is gone for good: stop sending to it
 
 
 @dataclass
@@ -299,6 +300,8 @@ class Dispatcher:
             locked = None
             if o.error is None:
                 status, next_at, delivered_at = "delivered", o.started_at, now
+            elif o.status_code == GONE:
+                status, next_at, delivered_at = "dead", now, None
             else:
                 delay = retry.next_delay(n, schedule=self._schedule, retry_after=o.retry_after)
                 status = "dead" if delay is None else "pending"
@@ -340,9 +343,29 @@ class Dispatcher:
                 locked_until=bindparam("b_locked"),
             )
         )
+        gone = sorted({o.job.destination_id for o in batch if o.status_code == GONE})
         async with self._sessionmaker() as session, session.begin():
             conn = await session.connection()
             await conn.execute(delivery_attempts.insert(), attempts)
             await conn.execute(stmt, updates)
+            disabled = await self._disable(conn, gone, reason="http_410", now=now)
+        for dest_id in disabled:
+            log.warning("destination %s answered 410 Gone: disabled until re-enabled", dest_id)
+            metrics.DESTINATIONS_DISABLED.labels("http_410").inc()
+        if disabled:
+            self._destinations.invalidate()
         for job in retry_now:
             self._start(job)
+
+    @staticmethod
+    async def _disable(conn: Any, ids: list[str], *, reason: str, now: float) -> list[str]:
+        """Switch destinations off (those not off already); returns the ids switched."""
+        if not ids:
+            return []
+        result = await conn.execute(
+            update(destinations)
+            .where(destinations.c.id.in_(ids), destinations.c.enabled.is_(True))
+            .values(enabled=False, disabled_reason=reason, disabled_at=now, updated_at=now)
+            .returning(destinations.c.id)
+        )
+        return list(result.scalars().all())

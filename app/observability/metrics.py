@@ -30,6 +30,11 @@ DECISIONS_SUPPRESSED = Counter(
 DELIVERIES = Counter(
     "intent_deliveries_total", "Webhook delivery attempts by outcome", ["destination", "outcome"]
 )
+DESTINATIONS_DISABLED = Counter(
+    "intent_destinations_disabled_total",
+    "Destinations switched off automatically, by reason",
+    ["reason"],
+)
 EVENT_TO_WEBHOOK = Histogram(
     "intent_event_to_webhook_seconds",
     "From the triggering event's arrival to the receiver's 2xx",
