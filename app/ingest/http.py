@@ -131,10 +131,21 @@ def _response(slots: list[EventStatus | None], statuses: list[EventStatus]) -> R
     results = []
     for s in merged:
         counts[s.status] += 1
-        results.append({"event_id": s.event_id, "status": s.status, "code": s.code,
-                        "field": s.field, "message": s.message})
-    body = {"accepted": counts["accepted"], "duplicates": counts["duplicate"],
-            "rejected": counts["rejected"], "results": results}
+        results.append(
+            {
+                "event_id": s.event_id,
+                "status": s.status,
+                "code": s.code,
+                "field": s.field,
+                "message": s.message,
+            }
+        )
+    body = {
+        "accepted": counts["accepted"],
+        "duplicates": counts["duplicate"],
+        "rejected": counts["rejected"],
+        "results": results,
+    }
     return Response(orjson.dumps(body), status_code=202, media_type="application/json")
 
 

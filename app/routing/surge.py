@@ -65,8 +65,10 @@ async def surge_candidates(
     before: dict[str, dict[str, tuple[Accumulators, float]]] = {d: {} for d in domains}
     bulk = await Bulk.of(session)
     rows = await bulk.select_in(
-        leads, ("lead_id", "account_domain", "signals", "last_event_at", "merged_into"),
-        "account_domain", domains,
+        leads,
+        ("lead_id", "account_domain", "signals", "last_event_at", "merged_into"),
+        "account_domain",
+        domains,
     )
     for lead_id, domain, signals, last_event_at, merged_into in rows:
         if merged_into is None and last_event_at >= cutoff and lead_id not in state.leads:
