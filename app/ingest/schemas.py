@@ -40,20 +40,18 @@ LEAD_RESERVED = frozenset(
         "phone",
     }
 )
-ACCOUNT_RESERVED = frozenset(
-    {
-        "domain",
-        "name",
-        "tier",
-        "owner",
-        "territory",
-        "industry",
-        "employees",
-        "country",
-        "annual_revenue",
-        "active_leads",
-    }
+# The account's own columns (ABM list and firmographics), in table order.
+ACCOUNT_FIELDS = (
+    "name",
+    "tier",
+    "owner",
+    "territory",
+    "industry",
+    "employees",
+    "country",
+    "annual_revenue",
 )
+ACCOUNT_RESERVED = frozenset({"domain", "active_leads", *ACCOUNT_FIELDS})
 MAX_BATCH_EVENTS = 1000
 MAX_BODY_BYTES = 1024 * 1024
 

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.db import accounts, upsert
 from app.errors import InvalidInput
 from app.ingest.schemas import (
+    ACCOUNT_FIELDS,
     MAX_EMPLOYEES,
     MAX_REVENUE,
     Country,
@@ -21,17 +22,7 @@ from app.ingest.schemas import (
     first_error,
 )
 
-ABM_COLUMNS = (
-    "domain",
-    "name",
-    "tier",
-    "owner",
-    "territory",
-    "industry",
-    "employees",
-    "country",
-    "annual_revenue",
-)
+ABM_COLUMNS = ("domain", *ACCOUNT_FIELDS)
 MAX_ACCOUNTS = 50_000
 
 

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.bulk import Bulk
 from app.db import accounts, dumps, leads, loads
+from app.ingest.schemas import ACCOUNT_FIELDS
 from app.scoring.decay import Accumulators
 
 CHUNK = 5000
@@ -108,16 +109,7 @@ def lead_from_row(r: Sequence[Any]) -> LeadState:
     )
 
 
-ACCOUNT_COLUMNS = (
-    "name",
-    "tier",
-    "owner",
-    "territory",
-    "industry",
-    "employees",
-    "country",
-    "annual_revenue",
-)
+ACCOUNT_COLUMNS = ACCOUNT_FIELDS
 
 
 @dataclass(slots=True)
