@@ -338,3 +338,48 @@ async def test_sigkill_mid_batch_counts_every_event_once(
             assert len(leads) == 300
         finally:
             proc.stop()
+
+
+async def test_roles_split_api_from_consumer_and_dispatcher(
+    database_url: str,
+    bootstrap: str,
+    topic: str,
+) -> None:
+    """An api-only process produces; a consumer+dispatcher process applies and delivers."""
+    async with receiver() as hook:
+        base = {
+            "INTENT_DATABASE_URL": database_url,
+            "INTENT_KAFKA_BOOTSTRAP": bootstrap,
+            "INTENT_KAFKA_TOPIC": topic,
+            "INTENT_KAFKA_GROUP": f"g-{uuid.uuid4().hex[:8]}",
+            "INTENT_DELIVERY_ALLOWED_HOSTS": "127.0.0.1",
+        }
+        api = Spawned({**base, "INTENT_ROLES": "api"})
+        worker = Spawned({**base, "INTENT_ROLES": "consumer,dispatcher"})
+        try:
+            api.start()
+            key = api.read_key()
+            worker.start()
+            async with httpx.AsyncClient(
+                base_url=api.url, timeout=30, headers={"authorization": f"Bearer {key}"}
+            ) as c:
+                ready = (await c.get("/readyz")).json()["checks"]
+                assert ready["dispatcher"] == "off"  # this process only takes HTTP
+                await c.put(
+                    "/v1/accounts",
+                    json={
+                        "accounts": [
+                            {"domain": "acme.com", "tier": "tier_1", "owner": "jo@ours.example"}
+                        ]
+                    },
+                )
+                await c.post("/v1/destinations", json={"name": "crm", "url": hook.url})
+                from tests.test_e2e import hot_events
+
+                r = await c.post("/v1/events", json={"events": hot_events("roles", time.time())})
+                assert r.status_code == 202
+            [got] = await hook.wait_for(1, within=30)
+            assert got.json()["data"]["trigger_event_id"] == "roles-2"
+        finally:
+            api.stop()
+            worker.stop()
