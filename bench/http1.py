@@ -8,10 +8,11 @@ against ``/healthz`` with one shared ``httpx.AsyncClient``, ~4,000 with this cli
 2-core box the load generator must stay cheap, or it measures itself and steals the
 service's CPU. Batch ingest (phase 1) keeps httpx: 3 large requests in flight cost nothing.
 
-One request per connection at a time; a request takes an idle connection or opens a new
-one (no cap: the open-loop phase must never queue on the client side). A request that
-fails on a reused connection before any answer (the server closed it while idle) is
-retried once on a fresh one; ingest is idempotent by ``event_id``, so that is safe.
+One request per connection at a time; a request takes the most recently used idle
+connection or opens a new one (no cap: the open-loop phase must never queue on the client
+side). Idle connections the server has already closed are dropped when taken; a request
+that still fails on a reused connection before any answer (closed in the meantime) is
+retried once on a fresh connection; ingest is idempotent by ``event_id``, so that is safe.
 """
 
 from __future__ import annotations
@@ -93,6 +94,16 @@ class Http1Pool:
         self.opened += 1
         return _Conn(reader, writer)
 
+    def _take_idle(self) -> _Conn | None:
+        """The most recently used idle connection the server has not closed meanwhile."""
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.reader.at_eof() or conn.writer.is_closing():
+                conn.close()
+                continue
+            return conn
+        return None
+
     async def post(
         self, path: str, body: bytes, content_type: str = "application/json"
     ) -> Response:
@@ -101,8 +112,12 @@ class Http1Pool:
             f"content-length: {len(body)}\r\n\r\n"
         ).encode("latin-1") + body
         for attempt in (1, 2):
-            reused = bool(self._idle)
-            conn = self._idle.pop() if reused else await self._open()
+            # The retry always opens a fresh connection: another idle one may be just as
+            # stale (the server closes keep-alive connections idle for 5 s).
+            conn = self._take_idle() if attempt == 1 else None
+            reused = conn is not None
+            if conn is None:
+                conn = await self._open()
             try:
                 response, keep = await conn.exchange(request)
             except (ConnectionError, asyncio.IncompleteReadError) as exc:

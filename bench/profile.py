@@ -30,10 +30,14 @@ STAGES: tuple[tuple[str, str], ...] = (
     ("app/pipeline.py", "pipeline transaction"),
     ("app/ingest/batcher.py", "pipeline transaction"),
     ("app/ingest/http.py", "HTTP ingest route (parse, validate, respond)"),
+    ("KafkaProducerIngest.", "Kafka produce (HTTP ingest → broker)"),
+    ("app/ingest/kafka.py", "Kafka consumer (poll, decode, validate, commit)"),
     ("app/auth.py", "API key check"),
     ("fastapi/", "FastAPI / Starlette routing and serialisation"),
     ("starlette/", "FastAPI / Starlette routing and serialisation"),
-    ("uvicorn/", "uvicorn HTTP protocol"),
+    # Not just "uvicorn/": every stack of the event loop thread starts in uvicorn.run.
+    ("uvicorn/protocols/", "uvicorn HTTP protocol"),
+    ("aiokafka/", "aiokafka client (fetch, parse, send)"),
     ("aiosqlite/", "aiosqlite worker threads (rows to Python objects)"),
 )
 
