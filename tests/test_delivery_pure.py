@@ -273,7 +273,7 @@ async def test_refuses_private_loopback_link_local_and_odd_urls(url: str) -> Non
 @pytest.mark.parametrize(
     "url",
     [
-        "http://93.184.216.34/hook",
+        "https://93.184.216.34/hook",
         "https://93.184.216.34:8443/hook?x=1",
         "https://[2606:2800:220:1:248:1893:25c8:1946]/hook",
     ],

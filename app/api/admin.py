@@ -18,7 +18,7 @@ from app.auth import AdminKey, ReadKey
 from app.clock import iso, new_id
 from app.db import deliveries, destinations, dumps, leads, policies
 from app.delivery import signing
-from app.delivery.destinations import FILTER_KEYS
+from app.delivery.destinations import FILTER_KEYS, destination_from_row
 from app.errors import InvalidInput, MalformedBody, NotFound
 from app.ingest.http import parse_json, read_body
 from app.ingest.schemas import first_error
@@ -558,7 +558,7 @@ async def test_destination(
     destination_id: str, key: AdminKey, session: SessionDep, runtime: RuntimeDep
 ) -> TestSendResult:
     row = await _dest_row(session, destination_id)
-    await runtime.guard.check_url(row.url)
+    target = await runtime.guard.resolve(row.url)
     now = runtime.clock.now()
     msg_id = new_id("msg", now)
     body = orjson.dumps(
@@ -568,13 +568,16 @@ async def test_destination(
             "data": {"destination_id": row.id, "name": row.name},
         }
     )
-    headers = signing.headers([row.secret], msg_id, int(now), body)
+    headers = signing.headers(destination_from_row(row).secrets(now), msg_id, int(now), body)
+    headers.update(target.headers)
     t0 = time.perf_counter()
     try:
         async with httpx.AsyncClient(
             timeout=runtime.settings.delivery_timeout_seconds, follow_redirects=False
         ) as client:
-            resp = await client.post(row.url, content=body, headers=headers)
+            resp = await client.post(
+                target.url, content=body, headers=headers, extensions=target.extensions
+            )
     except httpx.HTTPError as exc:
         return TestSendResult(
             delivered=False,

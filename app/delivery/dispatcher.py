@@ -213,14 +213,17 @@ class Dispatcher:
         if dest is None or not dest.enabled:
             return done(None, "destination_disabled")
         try:
-            await self._guard.check_url(dest.url)
+            target = await self._guard.resolve(dest.url)
         except SsrfRefused as exc:
             return done(None, f"ssrf_refused: {exc.message}")
-        ts = int(self._clock.now())
-        headers = signing.headers([dest.secret], job.decision_id, ts, job.body)
+        now = self._clock.now()
+        headers = signing.headers(dest.secrets(now), job.decision_id, int(now), job.body)
         headers["user-agent"] = "intent-router/0.1"
+        headers.update(target.headers)
         try:
-            resp = await self._client(dest.id).post(dest.url, content=job.body, headers=headers)
+            resp = await self._client(dest.id).post(
+                target.url, content=job.body, headers=headers, extensions=target.extensions
+            )
         except httpx.TimeoutException:
             return done(None, "timeout")
         except httpx.HTTPError as exc:
