@@ -15,7 +15,7 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.bulk import Bulk
-from app.db import decisions, dumps, events
+from app.db import decisions, events
 from app.delivery.destinations import Destination
 from app.delivery.outbox import NewDelivery, enqueue
 from app.ingest.schemas import ATTRIBUTE_ONLY_TYPES, FUTURE_TOLERANCE_SECONDS, Event
@@ -146,7 +146,7 @@ async def _ingest(
             ev.identifiers()[0],
             ev.account_domain,
             policy.version,
-            dumps(ev.raw),
+            ev.payload(),
         )
         for ev in candidates
     ]

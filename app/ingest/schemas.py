@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
+import orjson
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -208,6 +209,13 @@ class Event:
     campaign: str | None = None
     properties: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] | None = None
+    raw_json: str | None = None  # the document's JSON as received, when we have it
+
+    def payload(self) -> str:
+        """What the events table stores: the event as received."""
+        if self.raw_json is not None:
+            return self.raw_json
+        return orjson.dumps(self.raw).decode()
 
     def identifiers(self) -> list[str]:
         """Identity keys in order of strength: email, user id, anonymous id."""
@@ -222,7 +230,12 @@ class Event:
 
 
 def to_event(
-    e: EventIn, *, received_at: float, transport: str, raw: dict[str, Any] | None = None
+    e: EventIn,
+    *,
+    received_at: float,
+    transport: str,
+    raw: dict[str, Any] | None = None,
+    raw_json: str | None = None,
 ) -> Event:
     """The normalised event; ``raw`` (the document as received) is stored for audit."""
     lead_attrs = {k: v for k, v in e.lead.traits.items() if k not in LEAD_RESERVED}
@@ -254,7 +267,10 @@ def to_event(
         account_attrs=account_attrs,
         campaign=e.campaign,
         properties=e.properties,
-        raw=raw if raw is not None else e.model_dump(mode="json", exclude_defaults=True),
+        raw=raw
+        if raw is not None or raw_json is not None
+        else e.model_dump(mode="json", exclude_defaults=True),
+        raw_json=raw_json,
     )
 
 
