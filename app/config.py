@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     batch_max_wait_ms: float = Field(default=0.0, ge=0)
     batch_max_events: int = Field(default=5000, ge=1)
     ingest_queue_max_events: int = Field(default=50_000, ge=1)
+    # Run pipeline transactions on a loop (and engine) of their own, off the HTTP loop.
+    pipeline_thread: bool = True
     # SQLite durability: FULL syncs the WAL on every commit (nothing accepted is lost on
     # power failure); NORMAL is faster and loses nothing on a process crash.
     sqlite_synchronous: str = "FULL"

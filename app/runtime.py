@@ -23,6 +23,7 @@ from app.errors import Unavailable
 from app.ingest.batcher import Batcher
 from app.ingest.kafka import KafkaIngest, KafkaProducerIngest, ensure_topics
 from app.ingest.schemas import Event
+from app.loop_thread import LoopThread
 from app.migrate import upgrade
 from app.observability import metrics
 from app.policy.schema import CompiledPolicy
@@ -54,6 +55,7 @@ class Runtime:
         self.bootstrap_key: str | None = None
         self.consumer: KafkaIngest | None = None
         self.producer: KafkaProducerIngest | None = None
+        self.pipeline_loop = LoopThread(settings) if settings.pipeline_thread else None
 
     async def start(self, *, migrate: bool = True, dispatcher: bool = True) -> None:
         roles = set(self.settings.roles)
@@ -71,6 +73,8 @@ class Runtime:
                         scopes=["ingest", "read", "admin", "feedback"],
                         now=self.clock.now(),
                     )
+        if self.pipeline_loop is not None:
+            self.pipeline_loop.start()
         if dispatcher:
             self.dispatcher = Dispatcher(
                 self.sessionmaker,
@@ -110,6 +114,8 @@ class Runtime:
         if self.consumer is not None:
             await self.consumer.stop()
         await self.batcher.stop()
+        if self.pipeline_loop is not None:
+            await self.pipeline_loop.stop()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -159,15 +165,24 @@ class Runtime:
         destinations = await self.destinations.all()
         lease = now + self.dispatcher.lease if self.dispatcher is not None else None
         started = time.perf_counter()
-        async with self.sessionmaker() as session, session.begin():
-            result = await pipeline.process(
-                session,
-                batch,
-                policy=policy,
-                destinations=destinations,
-                now=now,
-                lease_until=lease,
-            )
+
+        async def transaction(
+            sessionmaker: async_sessionmaker[AsyncSession],
+        ) -> pipeline.BatchResult:
+            async with sessionmaker() as session, session.begin():
+                return await pipeline.process(
+                    session,
+                    batch,
+                    policy=policy,
+                    destinations=destinations,
+                    now=now,
+                    lease_until=lease,
+                )
+
+        if self.pipeline_loop is not None:
+            result = await self.pipeline_loop.call(transaction(self.pipeline_loop.sessionmaker))
+        else:
+            result = await transaction(self.sessionmaker)
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
         metrics.BATCH_SIZE.observe(len(batch))
         counts: Counter[tuple[str, ...]] = Counter()
