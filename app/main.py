@@ -116,6 +116,7 @@ def create_app(
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    app.add_middleware(ingest_http.FastIngest)
     app.include_router(ingest_http.router, tags=["ingest"])
     app.include_router(read.router, tags=["read"])
     app.include_router(admin.router, tags=["admin"])

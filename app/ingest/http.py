@@ -8,10 +8,11 @@ from typing import Any, Literal
 
 import orjson
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from app.auth import IngestKey, SegmentKey
-from app.errors import InvalidInput, MalformedBody, PayloadTooLarge
+from app.auth import IngestKey, SegmentKey, authenticate
+from app.errors import AppError, InvalidInput, MalformedBody, PayloadTooLarge
 from app.ingest.schemas import (
     EVENT_ADAPTER,
     MAX_BATCH_EVENTS,
@@ -178,6 +179,11 @@ async def ingest_events(request: Request, key: IngestKey) -> Response:
     A single event that fails validation is a 422; in a batch, each invalid event is
     reported as ``rejected`` with its field and the rest are accepted.
     """
+    return await handle_events(request)
+
+
+async def handle_events(request: Request) -> Response:
+    """The body of ``POST /v1/events`` once the key is checked (shared with the fast path)."""
     runtime: Runtime = request.app.state.runtime
     assert runtime.policy is not None
     received_at = runtime.clock.now()
@@ -292,3 +298,31 @@ for _kind in ("track", "identify", "page", "screen", "group", "alias"):
     _single(_kind)
 
 __all__ = ["EventBatchIn", "EventIn", "router"]
+
+
+class FastIngest:
+    """ASGI fast path for ``POST /v1/events``: the same handler, without the framework's
+    per-request routing, dependency solving and telemetry (~half of the CPU a
+    single-event post cost). The FastAPI route stays for the OpenAPI contract."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/v1/events":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        response: Response
+        try:
+            await authenticate(request, "ingest")
+            response = await handle_events(request)
+        except AppError as exc:
+            response = JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+        except Exception:
+            log.exception("unhandled error in POST /v1/events")
+            response = JSONResponse(
+                {"code": "internal_error", "message": "an unexpected error occurred"},
+                status_code=500,
+            )
+        await response(scope, receive, send)
