@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 import uvicorn
 from prometheus_client import REGISTRY
-from standardwebhooks.webhooks import Webhook
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.clock import FakeClock
+from app.clock import FakeClock, iso
 from app.delivery.ssrf import SsrfGuard, SsrfRefused
 from tests.harness import Received, Receiver, Service, loopback_socket, serve
 from tests.test_e2e import hot_events, setup_crm
@@ -380,3 +380,274 @@ async def test_a_redirect_is_a_failure_and_is_not_followed(svc: Service, clock: 
         await asyncio.sleep(0.3)
         assert len(metadata.requests) == 1 and len(inside.requests) == 1
         assert trap.requests == []
+
+
+# -- secret rotation -----------------------------------------------------------------------
+
+
+def verifies(secret: str, got: Received) -> bool:
+    try:
+        Webhook(secret).verify(got.body, got.headers)
+    except WebhookVerificationError:
+        return False
+    return True
+
+
+async def test_rotated_secret_signs_alongside_the_old_one_until_the_overlap_ends(
+    svc: Service, hook: Receiver, clock: FakeClock
+) -> None:
+    dest = await setup_crm(svc, hook)
+    original = dest["secret"]
+    r = await svc.client.post(f"/v1/destinations/{dest['id']}/rotate-secret")
+    assert r.status_code == 200, r.text
+    first = r.json()["secret"]
+    assert first.startswith("whsec_") and first != original
+    assert r.json()["previous_secret_expires_at"] == iso(clock.now() + 24 * 3600)
+    view = (await svc.client.get(f"/v1/destinations/{dest['id']}")).json()
+    assert view["secret"] is None  # shown once
+    assert view["previous_secret_expires_at"] == iso(clock.now() + 24 * 3600)
+
+    await svc.client.post("/v1/events", json={"events": hot_events("r1", clock.now())})
+    [a] = await hook.wait_for(1)
+    assert len(a.headers["webhook-signature"].split()) == 2
+    assert verifies(original, a) and verifies(first, a)
+
+    # a second rotation with a one-minute overlap: the original secret is gone
+    r = await svc.client.post(
+        f"/v1/destinations/{dest['id']}/rotate-secret", json={"overlap_seconds": 60}
+    )
+    assert r.status_code == 200, r.text
+    second = r.json()["secret"]
+    await svc.client.post(
+        "/v1/events", json={"events": hot_events("r2", clock.now(), "lee@acme.com")}
+    )
+    b = (await hook.wait_for(2))[1]
+    assert verifies(first, b) and verifies(second, b)
+    assert not verifies(original, b)
+
+    clock.advance(61)  # the overlap is over: only the newest secret signs
+    await svc.client.post(
+        "/v1/events", json={"events": hot_events("r3", clock.now(), "max@acme.com")}
+    )
+    c = (await hook.wait_for(3))[2]
+    assert len(c.headers["webhook-signature"].split()) == 1
+    assert verifies(second, c)
+    assert not verifies(first, c)
+
+
+@pytest.mark.parametrize("overlap", [-1, 7 * 86400 + 1, "soon"])
+async def test_rotation_overlap_is_bounded(svc: Service, hook: Receiver, overlap: Any) -> None:
+    dest = await setup_crm(svc, hook)
+    r = await svc.client.post(
+        f"/v1/destinations/{dest['id']}/rotate-secret", json={"overlap_seconds": overlap}
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == "overlap_seconds"
+
+
+async def test_rotation_without_overlap_drops_the_old_secret_at_once(
+    svc: Service, hook: Receiver, clock: FakeClock
+) -> None:
+    dest = await setup_crm(svc, hook)
+    r = await svc.client.post(
+        f"/v1/destinations/{dest['id']}/rotate-secret", json={"overlap_seconds": 0}
+    )
+    assert r.json()["previous_secret_expires_at"] is None
+    assert (await svc.client.post(f"/v1/destinations/{dest['id']}/test")).json()["delivered"]
+    [ping] = await hook.wait_for(1)
+    assert verifies(r.json()["secret"], ping) and not verifies(dest["secret"], ping)
+    r = await svc.client.post("/v1/destinations/dst_nope/rotate-secret")
+    assert r.status_code == 404
+
+
+# -- Slack format ----------------------------------------------------------------------------
+
+
+def assert_valid_slack_message(msg: dict[str, Any]) -> None:
+    """The shape Slack's incoming webhooks accept (Block Kit limits)."""
+    assert set(msg) == {"text", "blocks"}
+    assert isinstance(msg["text"], str) and 0 < len(msg["text"]) <= 3000
+    assert 0 < len(msg["blocks"]) <= 50
+    for block in msg["blocks"]:
+        kind = block["type"]
+        assert kind in ("header", "section", "context", "divider")
+        if kind == "header":
+            assert block["text"]["type"] == "plain_text"
+            assert 0 < len(block["text"]["text"]) <= 150
+        elif kind == "section":
+            assert "text" in block or "fields" in block
+            if "text" in block:
+                assert block["text"]["type"] == "mrkdwn"
+                assert 0 < len(block["text"]["text"]) <= 3000
+            for f in block.get("fields", []):
+                assert f["type"] == "mrkdwn" and 0 < len(f["text"]) <= 2000
+            assert len(block.get("fields", [])) <= 10
+        elif kind == "context":
+            assert 0 < len(block["elements"]) <= 10
+
+
+async def test_slack_destination_gets_a_slack_message_and_json_the_contract(
+    svc: Service, hook: Receiver, clock: FakeClock
+) -> None:
+    crm = await setup_crm(svc, hook)
+    r = await svc.client.post(
+        "/v1/destinations",
+        json={"name": "sales-channel", "url": hook.url + "/slack", "format": "slack"},
+    )
+    assert r.status_code == 201, r.text
+    slack = r.json()
+    assert slack["format"] == "slack"
+    await svc.client.post("/v1/events", json={"events": hot_events("sl", clock.now())})
+    got = {g.path: g for g in await hook.wait_for(2)}
+
+    contract = Webhook(crm["secret"]).verify(got["/crm"].body, got["/crm"].headers)
+    assert contract["type"] == "lead.routed"
+    data = contract["data"]
+    msg = Webhook(slack["secret"]).verify(got["/slack"].body, got["/slack"].headers)
+    assert got["/slack"].headers["webhook-id"] == got["/crm"].headers["webhook-id"]
+    assert got["/slack"].headers["content-type"] == "application/json"
+    assert_valid_slack_message(msg)
+
+    assert "dana@acme.com" in msg["text"] and "hot" in msg["text"]
+    assert "strategic" in msg["text"] and "jo@ours.example" in msg["text"]
+    header, facts, reason, context = msg["blocks"]
+    assert header["text"]["text"] == "Hot lead: dana@acme.com"
+    fields = {
+        f["text"].split("\n")[0].strip("*"): f["text"].split("\n", 1)[1] for f in facts["fields"]
+    }
+    assert fields["Lead"] == "dana@acme.com"
+    assert fields["Account"] == "Acme (tier_1)"
+    assert fields["Band"] == "hot"
+    assert fields["Score"] == f"{data['score']['total']:.1f}"
+    assert fields["Team"] == "strategic"
+    assert fields["Assignee"] == "jo@ours.example"
+    assert fields["Rule"] == "hot_tier_1"
+    assert "demo_request" in fields["Top signals"] and "pricing_page_view" in fields["Top signals"]
+    expected_reason = data["reason"].replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    assert reason["text"]["text"] == expected_reason
+    assert data["decision_id"] in context["elements"][0]["text"]
+
+    # the test ping is a Slack message too; a PATCH switches the format back
+    assert (await svc.client.post(f"/v1/destinations/{slack['id']}/test")).json()["delivered"]
+    ping = (await hook.wait_for(3))[2]
+    assert_valid_slack_message(ping.json())
+    r = await svc.client.patch(f"/v1/destinations/{slack['id']}", json={"format": "json"})
+    assert r.json()["format"] == "json"
+    r = await svc.client.patch(f"/v1/destinations/{slack['id']}", json={"format": "xml"})
+    assert r.status_code == 422 and r.json()["field"] == "format"
+
+
+# -- bulk redrive ----------------------------------------------------------------------------
+
+
+async def deliveries_of(svc: Service, decision_id: str) -> list[dict[str, Any]]:
+    r = await svc.client.get(f"/v1/decisions/{decision_id}")
+    out: list[dict[str, Any]] = r.json()["deliveries"]
+    return out
+
+
+async def drive_to_dead(svc: Service, clock: FakeClock, decisions: list[str]) -> None:
+    """Fail through the whole retry schedule by moving the clock past each delay."""
+    assert svc.runtime.dispatcher is not None
+    for _ in range(20):
+        states = [d for i in decisions for d in await deliveries_of(svc, i)]
+        if all(d["status"] == "dead" for d in states):
+            return
+        before = [d["attempts"] for d in states]
+        clock.advance(50_000)  # beyond the longest delay (10 h + 20 % jitter)
+        svc.runtime.dispatcher.poke()
+
+        async def progressed(before: list[int] = before) -> bool:
+            now = [d for i in decisions for d in await deliveries_of(svc, i)]
+            return all(
+                d["status"] == "dead" or (d["attempts"] > n and d["status"] == "pending")
+                for d, n in zip(now, before, strict=True)
+            )
+
+        await eventually(progressed)
+    raise AssertionError("deliveries never went dead")
+
+
+async def test_bulk_redrive_by_time_range(svc: Service, hook: Receiver, clock: FakeClock) -> None:
+    hook.status = 500
+    dest = await setup_crm(svc, hook)
+    t0 = clock.now()
+    await svc.client.post("/v1/events", json={"events": hot_events("a", t0)})
+    [early] = await eventually(lambda: decision_ids(svc))
+    clock.advance(3600)
+    await svc.client.post(
+        "/v1/events", json={"events": hot_events("b", clock.now(), "lee@acme.com")}
+    )
+    late = next(i for i in await eventually(lambda: _two(decision_ids(svc))) if i != early)
+    await eventually(lambda: _attempted(svc, [early, late]))
+    await drive_to_dead(svc, clock, [early, late])
+    sent = len(hook.requests)
+    assert sent == 2 * 8  # every scheduled attempt was made
+
+    url = f"/v1/destinations/{dest['id']}/redrive"
+    hook.status = 204
+    r = await svc.client.post(url, json={"since": iso(t0 + 1800)})
+    assert r.status_code == 202, r.text
+    assert r.json() == {"redriven": 1}
+    got = await hook.wait_for(sent + 1)
+    assert got[-1].headers["webhook-id"] == late
+    [d] = await eventually(lambda: _with_status(svc, late, "delivered"))
+    assert d["attempts"] == 1
+    assert (await deliveries_of(svc, early))[0]["status"] == "dead"
+
+    # the default status filter is dead only: the delivered one is left alone
+    r = await svc.client.post(url, json={"since": iso(t0 - 60), "until": iso(t0 + 60)})
+    assert r.json() == {"redriven": 1}
+    await hook.wait_for(sent + 2)
+    await eventually(lambda: _with_status(svc, early, "delivered"))
+    r = await svc.client.post(url, json={"since": iso(t0 - 60)})
+    assert r.json() == {"redriven": 0}
+    r = await svc.client.post(url, json={"since": iso(t0 - 60), "status": ["delivered"]})
+    assert r.json() == {"redriven": 2}
+    await hook.wait_for(sent + 4)
+
+
+async def _two(ids: Any) -> list[str] | None:
+    got: list[str] = await ids
+    return got if len(got) == 2 else None
+
+
+async def _attempted(svc: Service, decisions: list[str]) -> bool:
+    states = [d for i in decisions for d in await deliveries_of(svc, i)]
+    return bool(states) and all(d["attempts"] for d in states)
+
+
+async def _with_status(svc: Service, decision_id: str, status: str) -> list[dict[str, Any]]:
+    ds = await deliveries_of(svc, decision_id)
+    return ds if all(d["status"] == status for d in ds) else []
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "since"),
+        ({"since": "2026-01-01T00:00:00"}, "since"),  # no time zone
+        ({"since": "2026-01-02T00:00:00Z", "until": "2026-01-01T00:00:00Z"}, "until"),
+        ({"since": "2026-01-01T00:00:00Z", "status": ["pending"]}, "status[0]"),
+        ({"since": "2026-01-01T00:00:00Z", "status": []}, "status"),
+    ],
+)
+async def test_redrive_refuses_bad_ranges(
+    svc: Service, hook: Receiver, body: dict[str, Any], field: str
+) -> None:
+    dest = await setup_crm(svc, hook)
+    r = await svc.client.post(f"/v1/destinations/{dest['id']}/redrive", json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == field
+
+
+async def test_redrive_of_a_disabled_destination_is_a_conflict(
+    svc: Service, hook: Receiver
+) -> None:
+    dest = await setup_crm(svc, hook)
+    await svc.client.patch(f"/v1/destinations/{dest['id']}", json={"enabled": False})
+    r = await svc.client.post(
+        f"/v1/destinations/{dest['id']}/redrive", json={"since": "2026-01-01T00:00:00Z"}
+    )
+    assert r.status_code == 409, r.text
+    assert r.json()["code"] == "destination_disabled"

@@ -9,7 +9,7 @@ import httpx
 import orjson
 import yaml
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import delete, select, update
 
 from app.api.deps import PolicyDep, RuntimeDep, SessionDep
@@ -17,9 +17,9 @@ from app.api.read import ERRORS
 from app.auth import AdminKey, ReadKey
 from app.clock import iso, new_id
 from app.db import deliveries, destinations, dumps, leads, policies
-from app.delivery import signing
+from app.delivery import formats, signing
 from app.delivery.destinations import FILTER_KEYS, destination_from_row
-from app.errors import InvalidInput, MalformedBody, NotFound
+from app.errors import Conflict, InvalidInput, MalformedBody, NotFound
 from app.ingest.http import parse_json, read_body
 from app.ingest.schemas import first_error
 from app.matching.abm import parse_csv, upsert_accounts, validate_rows
@@ -330,7 +330,7 @@ class DestinationIn(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     url: str = Field(min_length=1, max_length=2000)
     enabled: bool = True
-    format: Literal["json"] = "json"
+    format: Literal["json", "slack"] = "json"
     filter: DestinationFilter = DestinationFilter()
 
 
@@ -340,6 +340,7 @@ class DestinationPatch(BaseModel):
     name: str | None = Field(default=None, min_length=1, max_length=200)
     url: str | None = Field(default=None, min_length=1, max_length=2000)
     enabled: bool | None = None
+    format: Literal["json", "slack"] | None = None
     filter: DestinationFilter | None = None
 
 
@@ -385,8 +386,9 @@ def _filter_json(f: DestinationFilter) -> str:
     return dumps({k: v for k, v in f.model_dump().items() if v is not None and k in FILTER_KEYS})
 
 
-async def _body_model(request: Request, model: type[BaseModel]) -> Any:
-    data = parse_json(await read_body(request))
+async def _body_model(request: Request, model: type[BaseModel], *, optional: bool = False) -> Any:
+    raw = await read_body(request)
+    data = {} if optional and not raw.strip() else parse_json(raw)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -421,8 +423,6 @@ async def create_destination(
         await session.execute(select(destinations.c.id).where(destinations.c.name == body.name))
     ).first()
     if exists:
-        from app.errors import Conflict
-
         raise Conflict(
             f'a destination named "{body.name}" exists', field="name", code="destination_exists"
         )
@@ -485,7 +485,7 @@ async def get_destination(
 @router.patch(
     "/v1/destinations/{destination_id}",
     operation_id="updateDestination",
-    summary="Change a destination's name, url, filter or enabled flag",
+    summary="Change a destination's name, url, format, filter or enabled flag",
     response_model=DestinationView,
     responses=ERRORS,
     openapi_extra={
@@ -513,6 +513,8 @@ async def update_destination(
         values.update(enabled=True, disabled_reason=None, disabled_at=None)
     elif body.enabled is False:
         values.update(enabled=False, disabled_reason="admin", disabled_at=now)
+    if body.format is not None:
+        values["format"] = body.format
     if body.filter is not None:
         values["filter"] = _filter_json(body.filter)
     await session.execute(
@@ -561,12 +563,15 @@ async def test_destination(
     target = await runtime.guard.resolve(row.url)
     now = runtime.clock.now()
     msg_id = new_id("msg", now)
-    body = orjson.dumps(
-        {
-            "type": "test.ping",
-            "timestamp": iso(now),
-            "data": {"destination_id": row.id, "name": row.name},
-        }
+    body = formats.render(
+        row.format,
+        orjson.dumps(
+            {
+                "type": "test.ping",
+                "timestamp": iso(now),
+                "data": {"destination_id": row.id, "name": row.name},
+            }
+        ),
     )
     headers = signing.headers(destination_from_row(row).secrets(now), msg_id, int(now), body)
     headers.update(target.headers)
@@ -625,3 +630,119 @@ async def redeliver(
     if runtime.dispatcher is not None:
         runtime.dispatcher.poke()
     return Redelivered(id=delivery_id, status="pending")
+
+
+# -- secret rotation and bulk redrive -------------------------------------------------
+DAY = 86400
+
+
+class RotateSecretIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    overlap_seconds: int = Field(
+        default=DAY,
+        ge=0,
+        le=7 * DAY,
+        description="how long webhooks keep carrying the old secret's signature too",
+    )
+
+
+@router.post(
+    "/v1/destinations/{destination_id}/rotate-secret",
+    operation_id="rotateDestinationSecret",
+    summary="Replace the signing secret (shown once); the old one keeps signing for a while",
+    response_model=DestinationView,
+    responses=ERRORS,
+    openapi_extra={
+        "requestBody": {
+            "required": False,
+            "content": {"application/json": {"schema": RotateSecretIn.model_json_schema()}},
+        }
+    },
+)
+async def rotate_destination_secret(
+    destination_id: str, request: Request, key: AdminKey, session: SessionDep, runtime: RuntimeDep
+) -> DestinationView:
+    """During the overlap each webhook carries both signatures, so receivers can switch to
+    the new secret at their own pace. Rotating again drops the older previous secret."""
+    row = await _dest_row(session, destination_id)
+    body: RotateSecretIn = await _body_model(request, RotateSecretIn, optional=True)
+    now = runtime.clock.now()
+    secret = signing.new_secret()
+    overlap = body.overlap_seconds
+    await session.execute(
+        update(destinations)
+        .where(destinations.c.id == destination_id)
+        .values(
+            secret=secret,
+            previous_secret=row.secret if overlap else None,
+            previous_secret_expires_at=now + overlap if overlap else None,
+            updated_at=now,
+        )
+    )
+    await session.commit()
+    runtime.destinations.invalidate()
+    return _dest_view(await _dest_row(session, destination_id), secret)
+
+
+class RedriveIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    since: AwareDatetime = Field(description="deliveries created at or after this time")
+    until: AwareDatetime | None = Field(default=None, description="and before this time")
+    status: list[Literal["dead", "delivered"]] = Field(default=["dead"], min_length=1)
+
+
+class Redriven(BaseModel):
+    redriven: int
+
+
+@router.post(
+    "/v1/destinations/{destination_id}/redrive",
+    operation_id="redriveDestination",
+    summary="Send a destination's dead-lettered deliveries of a time range again",
+    response_model=Redriven,
+    status_code=202,
+    responses={**ERRORS, 409: {}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": RedriveIn.model_json_schema()}},
+        }
+    },
+)
+async def redrive_destination(
+    destination_id: str, request: Request, key: AdminKey, session: SessionDep, runtime: RuntimeDep
+) -> Redriven:
+    row = await _dest_row(session, destination_id)
+    body: RedriveIn = await _body_model(request, RedriveIn)
+    since = body.since.timestamp()
+    until = body.until.timestamp() if body.until is not None else None
+    if until is not None and until <= since:
+        raise InvalidInput("until must be after since", field="until")
+    if not row.enabled:
+        raise Conflict(
+            "the destination is disabled; re-enable it before redriving",
+            field="destination_id",
+            code="destination_disabled",
+        )
+    match = [
+        deliveries.c.destination_id == destination_id,
+        deliveries.c.status.in_(body.status),
+        deliveries.c.created_at >= since,
+    ]
+    if until is not None:
+        match.append(deliveries.c.created_at < until)
+    result = await session.execute(
+        update(deliveries)
+        .where(*match)
+        .values(
+            status="pending", attempts=0, next_attempt_at=runtime.clock.now(), locked_until=None
+        )
+        .returning(deliveries.c.id)
+    )
+    n = len(result.all())
+    await session.commit()
+    if n and runtime.dispatcher is not None:
+        runtime.dispatcher.poke()
+    return Redriven(redriven=n)

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.clock import Clock
 from app.db import decisions, deliveries, delivery_attempts, destinations, dialect_of
-from app.delivery import retry, signing
+from app.delivery import formats, retry, signing
 from app.delivery.destinations import Destination, DestinationCache
 from app.delivery.outbox import NewDelivery
 from app.delivery.ssrf import SsrfGuard, SsrfRefused
@@ -217,12 +217,13 @@ class Dispatcher:
         except SsrfRefused as exc:
             return done(None, f"ssrf_refused: {exc.message}")
         now = self._clock.now()
-        headers = signing.headers(dest.secrets(now), job.decision_id, int(now), job.body)
+        content = formats.render(dest.format, job.body)
+        headers = signing.headers(dest.secrets(now), job.decision_id, int(now), content)
         headers["user-agent"] = "intent-router/0.1"
         headers.update(target.headers)
         try:
             resp = await self._client(dest.id).post(
-                target.url, content=job.body, headers=headers, extensions=target.extensions
+                target.url, content=content, headers=headers, extensions=target.extensions
             )
         except httpx.TimeoutException:
             return done(None, "timeout")
