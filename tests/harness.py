@@ -239,3 +239,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+async def eventually(check: Any, within: float = 20.0) -> Any:
+    """Poll an async ``check`` until it returns something truthy; its value."""
+    deadline = time.monotonic() + within
+    while True:
+        got = await check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached within {within}s: {got!r}")
+        await asyncio.sleep(0.05)

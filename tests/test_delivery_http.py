@@ -27,7 +27,7 @@ from starlette.routing import Route
 
 from app.clock import FakeClock, iso
 from app.delivery.ssrf import SsrfGuard, SsrfRefused
-from tests.harness import Received, Receiver, Service, loopback_socket, serve
+from tests.harness import Received, Receiver, Service, eventually, loopback_socket, serve
 from tests.test_e2e import hot_events, setup_crm
 
 
@@ -55,18 +55,6 @@ async def endpoint(
     async with serve(app) as url:
         ep.url = url
         yield ep
-
-
-async def eventually(check: Any, within: float = 10.0) -> Any:
-    """Poll an async ``check`` until it returns something truthy."""
-    deadline = time.monotonic() + within
-    while True:
-        got = await check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {within}s: {got!r}")
-        await asyncio.sleep(0.05)
 
 
 async def decision_ids(svc: Service) -> list[str]:

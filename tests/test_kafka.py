@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -16,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from app.clock import FakeClock
 from app.config import Settings
 from tests.conftest import require_service
-from tests.harness import Spawned, event, receiver, service
+from tests.harness import Spawned, event, eventually, receiver, service
 
 
 @pytest.fixture
@@ -52,17 +51,6 @@ async def producer(bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
 async def lead_or_none(client: httpx.AsyncClient, lead_id: str) -> dict[str, Any] | None:
     r = await client.get(f"/v1/leads/{lead_id}")
     return r.json() if r.status_code == 200 else None
-
-
-async def eventually(fn: Any, within: float = 20.0) -> Any:
-    deadline = time.monotonic() + within
-    while True:
-        value = await fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.1)
 
 
 async def dead_letters(bootstrap: str, topic: str, n: int) -> list[Any]:
@@ -311,7 +299,7 @@ async def test_sigkill_mid_batch_counts_every_event_once(
                 return False
 
             try:
-                await eventually(some_applied, within=30)
+                await eventually(some_applied, within=60)
             except AssertionError:
                 raise AssertionError("".join(proc.output[-80:])) from None
             proc.kill()
@@ -321,7 +309,7 @@ async def test_sigkill_mid_batch_counts_every_event_once(
                 async def all_routed() -> bool:
                     return len({r.headers["webhook-id"] for r in hook.requests}) >= 300
 
-                await eventually(all_routed, within=90)
+                await eventually(all_routed, within=120)
                 for i in range(0, 300, 37):
                     r = await c.get(f"/v1/leads/vp{i}@big{i % 30}.io")
                     assert r.status_code == 200, r.text
