@@ -688,3 +688,31 @@ def test_nan_is_refused(path: list[Any], where: str) -> None:
     doc, errors = parse_policy(raw)
     assert doc is None
     assert [e.path for e in errors] == [where]
+
+
+def test_fit_memo_agrees_with_direct_evaluation() -> None:
+    """Fit is memoised on the fields its rules read; the memo must never change a result."""
+    import itertools
+
+    doc, errors = parse_policy(default_policy_raw())
+    assert doc is not None, errors
+    policy = CompiledPolicy(1, doc)
+    titles = ["VP Sales", "engineer", None, "Head of Growth"]
+    domains = ["acme.com", "gmail.com", "mit.edu"]
+    sizes = [199, 200, 10_000, 10_001, None]
+    for title, domain, size in itertools.product(titles, domains, sizes):
+        ctx = {
+            "lead": {"title": title, "email_domain": domain, "country": None},
+            "account": {
+                "employees": size,
+                "industry": "software",
+                "country": "US",
+                "annual_revenue": None,
+            },
+        }
+        first = policy.fit(ctx)
+        assert first == policy._fit(ctx)
+        assert policy.fit(ctx) == first  # a memo hit gives the same answer
+    # an unhashable attribute value skips the memo instead of failing
+    ctx = {"lead": {"title": ["VP"], "email_domain": "acme.com"}, "account": {}}
+    assert policy.fit(ctx) == policy._fit(ctx)

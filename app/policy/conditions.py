@@ -71,6 +71,13 @@ class Condition(BaseModel):
             raise ValueError("between: the lower bound exceeds the upper bound")
         return self
 
+    def fields(self) -> set[str]:
+        """Every field path this condition and its children read."""
+        out = {self.field} if self.field else set()
+        for child in (self.all or []) + (self.any or []) + ([self.not_] if self.not_ else []):
+            out |= child.fields()
+        return out
+
     def list_names(self, path: str = "") -> list[tuple[str, str]]:
         """(path, name) of every ``in_list`` list this condition and its children use."""
         names = [(path, self.in_list)] if self.in_list else []
@@ -82,7 +89,7 @@ class Condition(BaseModel):
         return names
 
 
-def _getter(path: str) -> Callable[[Context], Any]:
+def getter(path: str) -> Callable[[Context], Any]:
     """A fast accessor for a dotted path (most paths are ``root.field``)."""
     root, *parts = path.split(".")
     if len(parts) == 1:
@@ -130,7 +137,7 @@ def compile_condition(cond: Condition, lists: Mapping[str, frozenset[str]]) -> P
         return lambda ctx: not inner(ctx)
 
     assert cond.field is not None
-    get = _getter(cond.field)
+    get = getter(cond.field)
     if cond.eq is not None:
         want = _norm(cond.eq)
         return lambda ctx: _norm(get(ctx)) == want

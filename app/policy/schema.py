@@ -16,10 +16,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from app.policy.conditions import Condition, Context, compile_condition
+from app.policy.conditions import Condition, Context, compile_condition, getter
 from app.scoring.decay import SignalSpec
 
 TIERS = ("tier_1", "tier_2", "tier_3")
+FIT_MEMO_SIZE = 100_000
 TIER_RANK = {"tier_1": 3, "tier_2": 2, "tier_3": 1}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
@@ -296,6 +297,12 @@ class CompiledPolicy:
         self.fit_rules = [
             (r.name, r.points, compile_condition(r.when, self.lists)) for r in doc.fit.rules
         ]
+        # Fit is a pure function of the few fields its rules read: memoised on their values
+        # (many leads share a title pattern, an account, a country).
+        self._fit_getters = [
+            getter(path) for path in sorted(set().union(*(r.when.fields() for r in doc.fit.rules)))
+        ]
+        self._fit_memo: dict[tuple[Any, ...], tuple[float, list[tuple[str, float]]]] = {}
         self.fit_max = doc.scoring.fit_max
         self.intent_max = doc.scoring.intent_max
         # Highest band first so the first band whose min is reached wins.
@@ -338,6 +345,18 @@ class CompiledPolicy:
 
     def fit(self, ctx: Context) -> tuple[float, list[tuple[str, float]]]:
         """Clamped sum of matching fit rules, and the rules that matched."""
+        key = tuple(get(ctx) for get in self._fit_getters)
+        try:
+            hit = self._fit_memo.get(key)
+        except TypeError:  # an unhashable attribute value (a list in traits): no memo
+            return self._fit(ctx)
+        if hit is None:
+            if len(self._fit_memo) >= FIT_MEMO_SIZE:
+                self._fit_memo.clear()
+            hit = self._fit_memo[key] = self._fit(ctx)
+        return hit[0], list(hit[1])
+
+    def _fit(self, ctx: Context) -> tuple[float, list[tuple[str, float]]]:
         matched = [(name, points) for name, points, pred in self.fit_rules if pred(ctx)]
         total = sum(p for _, p in matched)
         return max(0.0, min(self.fit_max, total)), matched
