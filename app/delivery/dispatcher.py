@@ -26,6 +26,7 @@ from app.delivery import formats, retry, signing
 from app.delivery.destinations import Destination, DestinationCache
 from app.delivery.outbox import NewDelivery
 from app.delivery.ssrf import SsrfGuard, SsrfRefused
+from app.delivery.transport import LeanTransport
 from app.observability import metrics
 
 log = logging.getLogger(__name__)
@@ -242,11 +243,10 @@ class Dispatcher:
     def _client(self, destination_id: str) -> httpx.AsyncClient:
         client = self._clients.get(destination_id)
         if client is None:
-            n = self._concurrency
             client = httpx.AsyncClient(
                 timeout=self._timeout,
                 follow_redirects=False,
-                limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
+                transport=LeanTransport(),
             )
             self._clients[destination_id] = client
         return client
