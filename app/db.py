@@ -295,14 +295,3 @@ def upsert(
     else:
         stmt = stmt.on_conflict_do_nothing(index_elements=keys)
     return session.execute(stmt, rows)
-
-
-def insert_ignore(session: AsyncSession, table: Table, keys: list[str]) -> Any:
-    """An ``INSERT … ON CONFLICT (keys) DO NOTHING`` statement for the session's dialect."""
-    if dialect_of(session) == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(table).on_conflict_do_nothing(index_elements=keys)
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    return sqlite_insert(table).on_conflict_do_nothing(index_elements=keys)

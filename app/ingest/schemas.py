@@ -184,7 +184,6 @@ class EventBatchIn(BaseModel):
 
 
 EVENT_ADAPTER: TypeAdapter[EventIn] = TypeAdapter(EventIn)
-EVENT_LIST_ADAPTER: TypeAdapter[list[EventIn]] = TypeAdapter(list[EventIn])
 
 # Events that update attributes but carry no signal.
 ATTRIBUTE_ONLY_TYPES = frozenset({"identify"})

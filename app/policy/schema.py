@@ -369,7 +369,3 @@ class CompiledPolicy:
             if path.startswith(page.prefix):
                 return page.signal
         return self.doc.segment.default_page
-
-
-def policy_summary(doc: PolicyDoc) -> dict[str, Any]:
-    return doc.model_dump(mode="json", by_alias=True, exclude_none=True)

@@ -17,13 +17,6 @@ from app.db import accounts, dumps, leads, loads
 from app.ingest.schemas import ACCOUNT_FIELDS
 from app.scoring.decay import Accumulators
 
-CHUNK = 5000
-
-
-def _chunks(items: list[str]) -> Iterable[list[str]]:
-    for i in range(0, len(items), CHUNK):
-        yield items[i : i + CHUNK]
-
 
 def _accs(text: str | None) -> Accumulators:
     # Stored as {"signal": [acc, t_ref]}; the decay functions only index the pairs.
