@@ -32,7 +32,14 @@ class Bulk:
     async def of(cls, session: AsyncSession) -> Bulk:
         conn = await session.connection()
         raw = await conn.get_raw_connection()
-        return cls(raw.driver_connection, dialect_of(session))
+        driver = raw.driver_connection
+        dialect = dialect_of(session)
+        if dialect == "postgresql" and not driver.is_in_transaction():
+            # SQLAlchemy's asyncpg adapter sends BEGIN lazily, with the first statement
+            # *it* executes; a statement sent to the driver before that would commit on
+            # its own. One trivial statement through SQLAlchemy opens the transaction.
+            await conn.exec_driver_sql("SELECT 1")
+        return cls(driver, dialect)
 
     async def select_in(
         self, table: Table, columns: Sequence[str], key: str, values: Sequence[Any]

@@ -309,7 +309,10 @@ async def test_sigkill_mid_batch_counts_every_event_once(
                 async def all_routed() -> bool:
                     return len({r.headers["webhook-id"] for r in hook.requests}) >= 300
 
-                await eventually(all_routed, within=120)
+                try:
+                    await eventually(all_routed, within=120)
+                except AssertionError:
+                    raise AssertionError("".join(proc.output[-80:])) from None
                 for i in range(0, 300, 37):
                     r = await c.get(f"/v1/leads/vp{i}@big{i % 30}.io")
                     assert r.status_code == 200, r.text
@@ -318,7 +321,10 @@ async def test_sigkill_mid_batch_counts_every_event_once(
                     assert len(vp["decisions"]) == 1
                 for i in range(0, 5400, 271):
                     lead_id = f"f{i}@big{i % 30}.io"
-                    f = await eventually(lambda lead_id=lead_id: lead_or_none(c, lead_id), 60)
+                    try:
+                        f = await eventually(lambda lead_id=lead_id: lead_or_none(c, lead_id), 60)
+                    except AssertionError:
+                        raise AssertionError(lead_id + "".join(proc.output[-80:])) from None
                     assert abs(f["score"]["intent"] - 5.0) < 0.01
             ids = {r.headers["webhook-id"] for r in hook.requests}
             assert len(ids) == 300  # every decision delivered; repeats share their id

@@ -5,9 +5,16 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
+from sqlalchemy import func, select
 
+from app import pipeline
 from app.clock import FakeClock
 from app.config import Settings
+from app.db import events, identities, leads, make_engine, make_sessionmaker
+from app.ingest.schemas import EVENT_ADAPTER, to_event
+from app.migrate import upgrade
+from app.policy.store import ensure_default
 from tests.harness import Spawned, event, receiver, service
 from tests.test_e2e import hot_events
 
@@ -133,3 +140,59 @@ async def test_sigkill_during_delivery_loses_nothing(database_url: str) -> None:
                     assert abs(lead["score"]["intent"] - 5.0) < 0.01
         finally:
             proc.stop()
+
+
+class _Abort(Exception):
+    pass
+
+
+async def test_a_failed_batch_leaves_no_trace(settings: Settings, clock: FakeClock) -> None:
+    """Every write of a pipeline batch is in the batch's one transaction: when it fails
+    after the pipeline ran, no event is recorded as seen, so the retry scores them all."""
+    engine = make_engine(settings)
+    try:
+        await upgrade(engine)
+        sessionmaker = make_sessionmaker(engine)
+        async with sessionmaker() as session, session.begin():
+            policy = await ensure_default(session, clock.now())
+        raw = [
+            event(f"x-{i}", "pricing_page_view", clock.now(), email="ann@acme.com")
+            for i in range(3)
+        ]
+        batch = [
+            to_event(
+                EVENT_ADAPTER.validate_python(r), received_at=clock.now(), transport="http", raw=r
+            )
+            for r in raw
+        ]
+
+        async def run() -> list[str]:
+            async with sessionmaker() as session, session.begin():
+                result = await pipeline.process(
+                    session,
+                    batch,
+                    policy=policy,
+                    destinations={},
+                    now=clock.now(),
+                    lease_until=None,
+                )
+                if not aborted:
+                    raise _Abort
+                return [s.status for s in result.statuses]
+
+        aborted = False
+        with pytest.raises(_Abort):
+            await run()
+        aborted = True
+        async with sessionmaker() as session:
+            for table in (events, leads, identities):
+                count = await session.scalar(select(func.count()).select_from(table))
+                assert count == 0, table.name
+        assert await run() == ["accepted"] * 3
+        async with sessionmaker() as session:
+            lead = (
+                await session.execute(select(leads).where(leads.c.lead_id == "ann@acme.com"))
+            ).one()
+            assert lead.lead_id == "ann@acme.com"
+    finally:
+        await engine.dispose()

@@ -145,8 +145,12 @@ class KafkaIngest:
                 await self._handle(batches)
             except Exception:
                 log.exception("kafka batch failed; retrying the same records")
+                assigned = self.consumer.assignment()
                 for tp, records in batches.items():
-                    self.consumer.seek(tp, records[0].offset)
+                    # A partition revoked meanwhile is re-read by its new owner from the
+                    # last committed offset; seeking it here would raise.
+                    if tp in assigned:
+                        self.consumer.seek(tp, records[0].offset)
                 await asyncio.sleep(1)
 
     async def _handle(self, batches: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]) -> None:
