@@ -32,7 +32,7 @@ class Bulk:
     async def of(cls, session: AsyncSession) -> Bulk:
         conn = await session.connection()
         raw = await conn.get_raw_connection()
-        driver = raw.driver_connection
+        driver: Any = raw.driver_connection
         dialect = dialect_of(session)
         if dialect == "postgresql" and not driver.is_in_transaction():
             # SQLAlchemy's asyncpg adapter sends BEGIN lazily, with the first statement
