@@ -11,7 +11,9 @@
 # requests (metadata, a produce with topic auto-creation, a consumer-group commit), and prints
 # the two lines of STATE_DIR/env (INTENT_DATABASE_URL=..., INTENT_KAFKA_BOOTSTRAP=...) on
 # stdout; all else goes to stderr. Running `up` again while both are healthy only reprints
-# them; a failed `up` prints the tail of the relevant log and stops what it started.
+# them; a failed `up` prints the tail of the relevant log and stops what it started. `up`
+# also installs promtool when it is missing (Debian package `prometheus`, as root, without
+# starting or enabling its server daemon) for the tests of deploy/prometheus and /metrics.
 # `down [STATE_DIR]` stops both and leaves no process behind (safe when nothing runs);
 # `env [STATE_DIR]` reprints the lines when up. STATE_DIR defaults to <repo>/.services (it gets
 # its own `*` .gitignore). Ports are reused across down/up while free. The PostgreSQL data
@@ -508,6 +510,48 @@ kafka_stop() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# promtool (tests check the /metrics exposition, the alert rules and the scrape config with it)
+
+# Only the promtool binary is wanted; the Debian package `prometheus` also ships a server
+# daemon, which must not start: a policy-rc.d denies service starts during the install
+# (unless one already exists), recommends (node-exporter, another daemon) are skipped, and
+# whatever got started anyway is stopped and disabled through the init system.
+install_promtool() {
+    command -v promtool >/dev/null && return 0
+    if [[ $EUID -ne 0 ]]; then
+        log "promtool not found and not root: the promtool tests will skip (fail under CI);" \
+            "install it with: sudo apt-get install -y --no-install-recommends prometheus"
+        return 0
+    fi
+    log "installing promtool from Debian packages (apt-get prometheus, daemon kept off) ..."
+    local apt_log="$STATE_DIR/apt.log"
+    (
+        export DEBIAN_FRONTEND=noninteractive
+        if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+            trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+            printf '#!/bin/sh\n# deploy/services.sh: no daemon starts during the install\n%s\n' \
+                'exit 101' >/usr/sbin/policy-rc.d
+            chmod 755 /usr/sbin/policy-rc.d
+        fi
+        apt-get update -qq && apt-get install -y -qq --no-install-recommends \
+            -o DPkg::Lock::Timeout=300 prometheus
+    ) >"$apt_log" 2>&1 || { tail_log "$apt_log"; die "installing prometheus with apt-get failed"; }
+    command -v promtool >/dev/null || die "prometheus installed but no promtool on PATH"
+    local pidfile=/run/prometheus/prometheus.pid # the Debian init script's
+    if [[ -d /run/systemd/system ]]; then
+        systemctl disable --now prometheus >>"$apt_log" 2>&1 || true
+        ! systemctl is-active --quiet prometheus || die "the prometheus daemon is running"
+    elif [[ -x /etc/init.d/prometheus ]]; then
+        /etc/init.d/prometheus stop >>"$apt_log" 2>&1 || true
+        update-rc.d prometheus disable >>"$apt_log" 2>&1 || true
+    fi
+    if [[ -r "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+        die "the prometheus daemon is running after the install (pid $(cat "$pidfile"))"
+    fi
+    log "promtool: $(promtool --version 2>&1 | head -1)"
+}
+
+# ---------------------------------------------------------------------------------------------
 # commands
 
 write_env() {
@@ -540,6 +584,7 @@ cmd_up() {
     [[ -f "$STATE_DIR/.gitignore" ]] || echo '*' >"$STATE_DIR/.gitignore"
     trap on_up_exit EXIT
     install_postgres
+    install_promtool
     pg_setup_vars
     mkdir -p "$KAFKA_DIR"
     if [[ -f "$ENV_FILE" ]] && pg_healthy && kafka_healthy; then
