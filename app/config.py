@@ -10,6 +10,8 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.delivery import retry
+
 DEFAULT_DB = "sqlite+aiosqlite:///./.data/intent-router.db"
 
 
@@ -31,6 +33,13 @@ class Settings(BaseSettings):
     delivery_concurrency_per_destination: int = Field(default=16, ge=1)
     # A claimed delivery not finished within this (a crashed process) is sent again.
     delivery_lease_seconds: float = Field(default=60.0, gt=0)
+    # Delays (s) before attempt 1, 2, …; comma-separated. Each is jittered by ± the ratio.
+    delivery_retry_schedule: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: list(retry.SCHEDULE)
+    )
+    delivery_retry_jitter: float = Field(default=retry.JITTER, ge=0, lt=1)
+    # A destination whose every attempt failed for this long is disabled (0: never).
+    delivery_disable_after_seconds: float = Field(default=5 * 86400, ge=0)
     # Group commit: single-event posts wait at most this long to share a transaction.
     batch_max_wait_ms: float = Field(default=0.0, ge=0)
     batch_max_events: int = Field(default=5000, ge=1)
@@ -75,6 +84,22 @@ class Settings(BaseSettings):
             raise ValueError(
                 "INTENT_ROLES: use a comma-separated subset of api,consumer,dispatcher"
                 + (f" (unknown: {', '.join(unknown)})" if unknown else "")
+            )
+        return v
+
+    @field_validator("delivery_retry_schedule", mode="before")
+    @classmethod
+    def _split_schedule(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [d.strip() for d in v.split(",") if d.strip()]
+        return v
+
+    @field_validator("delivery_retry_schedule")
+    @classmethod
+    def _check_schedule(cls, v: list[float]) -> list[float]:
+        if not v or any(d < 0 for d in v):
+            raise ValueError(
+                "INTENT_DELIVERY_RETRY_SCHEDULE: one or more delays in seconds, none negative"
             )
         return v
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Float,
@@ -177,6 +178,8 @@ destinations = Table(
     # The secret before the last rotation, still signed with until it expires.
     Column("previous_secret", String(200)),
     Column("previous_secret_expires_at", Float),
+    # Start of the current run of failed attempts (no success since); None when healthy.
+    Column("failing_since", Float),
 )
 
 deliveries = Table(
@@ -185,7 +188,8 @@ deliveries = Table(
     Column("id", String(40), primary_key=True),
     Column("decision_id", String(40), nullable=False),
     Column("destination_id", String(40), nullable=False),
-    Column("status", String(20), nullable=False),  # pending | delivered | dead
+    # pending | delivered | dead | parked (its destination is disabled; resumes on enable)
+    Column("status", String(20), nullable=False),
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_attempt_at", Float, nullable=False),
     Column("locked_until", Float),
@@ -194,8 +198,13 @@ deliveries = Table(
     Column("event_received_at", Float),
     Column("created_at", Float, nullable=False),
     Column("delivered_at", Float),
+    # Deliveries of one lead (or account) to one destination go out in ``seq`` order:
+    # a delivery waits while an earlier one of its lane is still pending.
+    Column("order_key", String(320)),
+    Column("seq", BigInteger),
     Index("ix_deliveries_status_next", "status", "next_attempt_at"),
     Index("ix_deliveries_decision_id", "decision_id"),
+    Index("ix_deliveries_lane", "destination_id", "order_key", "seq"),
 )
 
 delivery_attempts = Table(

@@ -63,6 +63,8 @@ class BatchResult:
     deliveries: list[NewDelivery] = field(default_factory=list)
     decisions: list[dict[str, Any]] = field(default_factory=list)
     suppressed: int = 0
+    # Lanes with a delivery waiting behind an earlier one (the dispatcher's poller sends it).
+    waiting: set[tuple[str, str]] = field(default_factory=set)
 
 
 def check_event(ev: Event, policy: CompiledPolicy, now: float) -> EventStatus | None:
@@ -111,9 +113,11 @@ async def process(
     candidates += await surge_candidates(session, state, set(state.account_trigger))
 
     routed, suppressed = await _route(session, state, candidates)
-    deliveries = await enqueue(session, routed, destinations, now=now, lease_until=lease_until)
+    outbox = await enqueue(session, routed, destinations, now=now, lease_until=lease_until)
     await state.save(session)
-    return BatchResult(statuses, deliveries, [d for d, _, _ in routed], suppressed)
+    return BatchResult(
+        statuses, outbox.claimed, [d for d, _, _ in routed], suppressed, outbox.waiting
+    )
 
 
 async def _ingest(

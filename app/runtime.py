@@ -84,6 +84,9 @@ class Runtime:
                 timeout=self.settings.delivery_timeout_seconds,
                 concurrency=self.settings.delivery_concurrency_per_destination,
                 lease=self.settings.delivery_lease_seconds,
+                schedule=tuple(self.settings.delivery_retry_schedule),
+                jitter=self.settings.delivery_retry_jitter,
+                disable_after=self.settings.delivery_disable_after_seconds,
             )
             self.dispatcher.start()
         self.batcher.start()
@@ -204,6 +207,6 @@ class Runtime:
             metrics.DECISIONS.labels(d["type"], d["rule"], d["team"]).inc()
         if result.suppressed:
             metrics.DECISIONS_SUPPRESSED.inc(result.suppressed)
-        if self.dispatcher is not None and result.deliveries:
-            self.dispatcher.submit(result.deliveries)
+        if self.dispatcher is not None and (result.deliveries or result.waiting):
+            self.dispatcher.submit(result.deliveries, waiting=result.waiting)
         return result.statuses

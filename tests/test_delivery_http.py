@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import ipaddress
 import logging
 import os
@@ -26,9 +27,19 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app.clock import FakeClock, iso
+from app.config import Settings
 from app.delivery.ssrf import SsrfGuard, SsrfRefused
-from tests.harness import Received, Receiver, Service, eventually, loopback_socket, serve
-from tests.test_e2e import hot_events, setup_crm
+from tests.harness import (
+    Received,
+    Receiver,
+    Service,
+    event,
+    eventually,
+    loopback_socket,
+    serve,
+    service,
+)
+from tests.test_e2e import ACME, hot_events, setup_crm
 
 
 @dataclass
@@ -104,11 +115,15 @@ async def test_410_gone_dead_letters_and_disables_until_re_enabled(
     assert view["disabled_reason"] == "http_410"
     assert view["disabled_at"] is not None
 
-    # nothing is sent to it while it is off: not a retry, not a new decision
+    # nothing is sent to it while it is off: not a retry, not a new decision — whose
+    # delivery is parked, kept for when the endpoint is enabled again
     hook.status = 204
     await svc.client.post(
         "/v1/events", json={"events": hot_events("g2", clock.now(), "lee@acme.com")}
     )
+    [lee_decision] = [d for d in await eventually(lambda: decision_ids(svc)) if d != decision_id]
+    parked = await settled_delivery(svc, lee_decision, "parked")
+    assert parked["attempts"] == 0 and parked["history"] == []
     await asyncio.sleep(0.5)
     assert len(hook.requests) == 1
 
@@ -122,8 +137,15 @@ async def test_410_gone_dead_letters_and_disables_until_re_enabled(
     await svc.client.post(
         "/v1/events", json={"events": hot_events("g3", clock.now(), "max@acme.com")}
     )
-    got = await hook.wait_for(2)
-    assert got[1].json()["data"]["lead"]["email"] == "max@acme.com"
+
+    async def leads_delivered() -> set[str]:
+        leads = {(g.json()["data"].get("lead") or {}).get("email") for g in hook.requests[1:]}
+        return leads if {"lee@acme.com", "max@acme.com"} <= leads else set()
+
+    await eventually(leads_delivered)
+    assert (await settled_delivery(svc, lee_decision, "delivered"))["attempts"] == 1
+    # the dead one stays dead: 410 was final for that delivery
+    assert (await settled_delivery(svc, decision_id, "dead"))["attempts"] == 1
 
 
 # -- HTTPS required ----------------------------------------------------------------------
@@ -643,3 +665,192 @@ async def test_redrive_of_a_disabled_destination_is_a_conflict(
     )
     assert r.status_code == 409, r.text
     assert r.json()["code"] == "destination_disabled"
+
+
+# -- per-lead order, continuous failure, parking -----------------------------------------
+
+
+async def route_warm_leads(svc: Service) -> None:
+    """A policy version that routes warm leads too: a lead that turns warm, then hot, gets
+    two decisions, the second an escalation within the cooldown."""
+    policy = copy.deepcopy((await svc.client.get("/v1/policy")).json()["policy"])
+    policy["routing"]["rules"].insert(
+        0,
+        {
+            "name": "warm_nurture",
+            "kind": "lead",
+            "when": {"band": "warm"},
+            "team": "nurture",
+            "assignment": "fixed",
+            "assignee": "sdr@ours.example",
+        },
+    )
+    policy["teams"]["nurture"] = {"members": []}
+    assert (await svc.client.put("/v1/policy", json=policy)).status_code == 200
+
+
+async def test_a_leads_decisions_reach_an_endpoint_in_order_retries_included(
+    svc: Service, hook: Receiver, clock: FakeClock
+) -> None:
+    """The warm decision's delivery fails; the hot one made meanwhile waits behind it and
+    goes out only after the warm one's retry succeeded."""
+    await setup_crm(svc, hook)
+    await route_warm_leads(svc)
+    hook.status = 500
+    warm_event = event(
+        "w-1", "site_visit", clock.now(), email="dana@acme.com", title="VP Sales", account=ACME
+    )
+    await svc.client.post("/v1/events", json={"events": [warm_event]})
+    [first] = await hook.wait_for(1)
+    assert first.json()["data"]["rule"] == "warm_nurture"
+    [warm_id] = await eventually(lambda: decision_ids(svc))
+    await settled_delivery_attempts(svc, warm_id, 1)
+
+    clock.advance(1.0)  # still before the warm delivery's retry (5 s ± 20%)
+    hot = [
+        event("h-1", "demo_request", clock.now(), email="dana@acme.com"),
+        event("h-2", "pricing_page_view", clock.now(), email="dana@acme.com"),
+    ]
+    await svc.client.post("/v1/events", json={"events": hot})
+    [hot_id] = [d for d in await eventually(lambda: two_decisions(svc)) if d != warm_id]
+    assert svc.runtime.dispatcher is not None
+    svc.runtime.dispatcher.poke()
+    await asyncio.sleep(0.5)
+    waiting = (await svc.client.get(f"/v1/decisions/{hot_id}")).json()["deliveries"][0]
+    assert (waiting["status"], waiting["attempts"]) == ("pending", 0)
+    assert len(hook.requests) == 1  # the hot one did not overtake
+
+    hook.status = 204
+    clock.advance(6.0)  # past the warm delivery's retry
+    svc.runtime.dispatcher.poke()
+    got = await hook.wait_for(3)
+    assert [g.json()["data"]["rule"] for g in got] == ["warm_nurture", "warm_nurture", "hot_tier_1"]
+    assert [g.headers["webhook-id"] for g in got] == [warm_id, warm_id, hot_id]
+    assert (await settled_delivery(svc, hot_id, "delivered"))["attempts"] == 1
+
+
+async def two_decisions(svc: Service) -> list[str]:
+    ids = await decision_ids(svc)
+    return ids if len(ids) >= 2 else []
+
+
+async def settled_delivery_attempts(svc: Service, decision_id: str, n: int) -> dict[str, Any]:
+    async def check() -> dict[str, Any] | None:
+        r = await svc.client.get(f"/v1/decisions/{decision_id}")
+        [d] = r.json()["deliveries"]
+        return d if len(d["history"]) >= n else None
+
+    got: dict[str, Any] = await eventually(check)
+    return got
+
+
+async def test_an_endpoint_failing_past_the_grace_period_is_disabled_and_parked(
+    settings: Settings, hook: Receiver, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every attempt fails for longer than INTENT_DELIVERY_DISABLE_AFTER_SECONDS: the
+    destination is switched off (logged, metered), its deliveries are parked, and an
+    admin's re-enable sends them. A success in between starts the clock again."""
+    assert Settings().delivery_disable_after_seconds == 5 * 86400  # the default
+    grace = 1000.0
+    quick = settings.model_copy(update={"delivery_disable_after_seconds": grace})
+    async with service(quick, clock) as svc:
+        dest = await setup_crm(svc, hook)
+        assert svc.runtime.dispatcher is not None
+        hook.status = 500
+        before = disabled_count("failing")
+        await svc.client.post("/v1/events", json={"events": hot_events("f", clock.now())})
+        [decision_id] = await eventually(lambda: decision_ids(svc))
+        await settled_delivery_attempts(svc, decision_id, 1)
+        t0 = clock.now()
+
+        async def view() -> dict[str, Any]:
+            body: dict[str, Any] = (await svc.client.get(f"/v1/destinations/{dest['id']}")).json()
+            return body
+
+        assert (await eventually(lambda: failing(view)))["enabled"] is True
+
+        # attempts 2 and 3 (5 s and 5 min on) fail, still inside the grace period
+        for n, step in ((2, 6.0), (3, 400.0)):
+            clock.advance(step)
+            svc.runtime.dispatcher.poke()
+            await settled_delivery_attempts(svc, decision_id, n)
+        assert (await view())["enabled"] is True
+        assert clock.now() - t0 < grace
+
+        # attempt 4 (30 min on) fails past it: off, parked, logged, metered
+        with caplog.at_level(logging.WARNING, logger="app.delivery.dispatcher"):
+            clock.advance(2200.0)
+            svc.runtime.dispatcher.poke()
+            parked = await settled_delivery(svc, decision_id, "parked")
+        assert parked["attempts"] == 4
+        off = await view()
+        assert (off["enabled"], off["disabled_reason"]) == (False, "failing")
+        assert disabled_count("failing") == before + 1
+        assert any(dest["id"] in r.getMessage() for r in caplog.records)
+
+        # nothing goes out while it is off, however much time passes
+        clock.advance(86400.0)
+        svc.runtime.dispatcher.poke()
+        await asyncio.sleep(0.5)
+        assert len(hook.requests) == 4
+
+        hook.status = 204
+        r = await svc.client.patch(f"/v1/destinations/{dest['id']}", json={"enabled": True})
+        assert (r.json()["enabled"], r.json()["failing_since"]) == (True, None)
+        done = await settled_delivery(svc, decision_id, "delivered")
+        assert [h["status_code"] for h in done["history"]] == [500, 500, 500, 500, 204]
+        assert len({g.headers["webhook-id"] for g in hook.requests}) == 1
+
+
+async def failing(view: Any) -> dict[str, Any] | None:
+    body: dict[str, Any] = await view()
+    return body if body["failing_since"] is not None else None
+
+
+async def test_a_success_restarts_the_failure_clock(
+    settings: Settings, hook: Receiver, clock: FakeClock
+) -> None:
+    quick = settings.model_copy(update={"delivery_disable_after_seconds": 1000.0})
+    async with service(quick, clock) as svc:
+        dest = await setup_crm(svc, hook)
+        assert svc.runtime.dispatcher is not None
+        hook.status = 500
+        await svc.client.post("/v1/events", json={"events": hot_events("a", clock.now())})
+        [first] = await eventually(lambda: decision_ids(svc))
+        await settled_delivery_attempts(svc, first, 1)
+        clock.advance(900.0)
+        hook.status = 204
+        await svc.client.post(
+            "/v1/events", json={"events": hot_events("b", clock.now(), "lee@acme.com")}
+        )
+        await hook.wait_for(2)
+
+        async def healed() -> dict[str, Any] | None:
+            r = await svc.client.get(f"/v1/destinations/{dest['id']}")
+            body: dict[str, Any] = r.json()
+            return body if body["failing_since"] is None else None
+
+        await eventually(healed)
+        hook.status = 500
+        clock.advance(900.0)  # 1,800 s after the first failure, 900 s after the success
+        await svc.client.post(
+            "/v1/events", json={"events": hot_events("c", clock.now(), "max@acme.com")}
+        )
+        await hook.wait_for(4)  # max's attempt and the first decision's retry: both fail
+        await asyncio.sleep(0.3)
+        body = (await svc.client.get(f"/v1/destinations/{dest['id']}")).json()
+        assert body["enabled"] is True
+        assert body["failing_since"] is not None
+
+
+async def test_deleting_a_destination_closes_its_queue(
+    svc: Service, hook: Receiver, clock: FakeClock
+) -> None:
+    dest = await setup_crm(svc, hook)
+    hook.status = 500
+    await svc.client.post("/v1/events", json={"events": hot_events("d", clock.now())})
+    [decision_id] = await eventually(lambda: decision_ids(svc))
+    await settled_delivery_attempts(svc, decision_id, 1)
+    assert (await svc.client.delete(f"/v1/destinations/{dest['id']}")).status_code == 204
+    closed = await settled_delivery(svc, decision_id, "dead")
+    assert closed["last_error"] == "destination_deleted"

@@ -17,6 +17,7 @@ from app.api.read import ERRORS
 from app.auth import AdminKey, ReadKey
 from app.clock import iso, new_id
 from app.db import deliveries, destinations, dumps, leads, policies
+from app.delivery import dispatcher as dispatch
 from app.delivery import formats, signing
 from app.delivery.destinations import FILTER_KEYS, destination_from_row
 from app.errors import Conflict, InvalidInput, MalformedBody, NotFound
@@ -353,9 +354,14 @@ class DestinationView(BaseModel):
     filter: dict[str, list[str]]
     created_at: str | None
     disabled_reason: str | None = Field(
-        default=None, description='why it is off: "http_410" (the endpoint answered 410), "admin"'
+        default=None,
+        description='why it is off: "http_410" (the endpoint answered 410), "failing" (every '
+        'attempt failed for INTENT_DELIVERY_DISABLE_AFTER_SECONDS), "admin"',
     )
     disabled_at: str | None = None
+    failing_since: str | None = Field(
+        default=None, description="start of the current run of failed attempts; null when healthy"
+    )
     previous_secret_expires_at: str | None = Field(
         default=None, description="until then webhooks carry the previous secret's signature too"
     )
@@ -377,6 +383,7 @@ def _dest_view(r: Any, secret: str | None = None) -> DestinationView:
         created_at=iso(r.created_at),
         disabled_reason=r.disabled_reason,
         disabled_at=iso(r.disabled_at),
+        failing_since=iso(r.failing_since),
         previous_secret_expires_at=iso(r.previous_secret_expires_at),
         secret=secret,
     )
@@ -509,19 +516,23 @@ async def update_destination(
         values["url"] = body.url
     if body.name is not None:
         values["name"] = body.name
-    if body.enabled is True:
-        values.update(enabled=True, disabled_reason=None, disabled_at=None)
-    elif body.enabled is False:
-        values.update(enabled=False, disabled_reason="admin", disabled_at=now)
     if body.format is not None:
         values["format"] = body.format
     if body.filter is not None:
         values["filter"] = _filter_json(body.filter)
-    await session.execute(
+    conn = await session.connection()
+    await conn.execute(
         update(destinations).where(destinations.c.id == destination_id).values(**values)
     )
+    resumed = 0
+    if body.enabled is True:
+        resumed = await dispatch.enable(conn, destination_id, now=now)
+    elif body.enabled is False:
+        await dispatch.disable(conn, [destination_id], reason="admin", now=now)
     await session.commit()
     runtime.destinations.invalidate()
+    if resumed and runtime.dispatcher is not None:
+        runtime.dispatcher.poke()
     return _dest_view(await _dest_row(session, destination_id))
 
 
@@ -537,6 +548,15 @@ async def delete_destination(
 ) -> Response:
     await _dest_row(session, destination_id)
     await session.execute(delete(destinations).where(destinations.c.id == destination_id))
+    # Nothing will ever send what it still had queued: close it out, visibly.
+    await session.execute(
+        update(deliveries)
+        .where(
+            deliveries.c.destination_id == destination_id,
+            deliveries.c.status.in_(("pending", "parked")),
+        )
+        .values(status="dead", last_error="destination_deleted", locked_until=None)
+    )
     await session.commit()
     runtime.destinations.invalidate()
     return Response(status_code=204)

@@ -25,6 +25,7 @@ class Destination:
     filter: dict[str, list[str]] = field(default_factory=dict)
     previous_secret: str | None = None
     previous_secret_expires_at: float | None = None
+    failing_since: float | None = None
 
     def secrets(self, now: float) -> list[str]:
         """The secrets to sign with: the current one, and the previous while it overlaps."""
@@ -34,9 +35,7 @@ class Destination:
         return [self.secret]
 
     def matches(self, decision: dict[str, Any], rule_destinations: list[str] | None) -> bool:
-        """Enabled, named by the rule (if it names any) and every filter key satisfied."""
-        if not self.enabled:
-            return False
+        """Named by the rule (if it names any) and every filter key satisfied."""
         if rule_destinations is not None and self.name not in rule_destinations:
             return False
         for key, allowed in self.filter.items():
@@ -57,6 +56,7 @@ def destination_from_row(r: Any) -> Destination:
         filter=loads(r.filter),
         previous_secret=r.previous_secret,
         previous_secret_expires_at=r.previous_secret_expires_at,
+        failing_since=r.failing_since,
     )
 
 

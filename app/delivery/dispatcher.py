@@ -1,10 +1,15 @@
 """Delivers outbox rows to webhook destinations; every attempt is recorded.
 
 Fresh deliveries arrive straight from the pipeline after its commit (claimed with a
-lease, so no poller elsewhere takes them); a poller picks up retries that fall due and
-anything whose lease expired (a crashed process). Each destination has its own
-concurrency limit, so a slow endpoint only ever queues its own deliveries. Results are
-written back in batches by one writer task.
+lease, so no poller elsewhere takes them); a poller picks up retries that fall due, the
+next delivery of a lane whose earlier one finished, and anything whose lease expired (a
+crashed process). Each destination has its own concurrency limit and the poller claims
+only what its queue can take, so a slow or dead endpoint only ever queues its own
+deliveries. Results are written back in batches by one writer task.
+
+A destination is disabled on 410 Gone, or when every attempt to it has failed for
+``disable_after`` seconds; its deliveries are then parked (kept, not sent) until an
+admin enables it again.
 """
 
 from __future__ import annotations
@@ -13,11 +18,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from sqlalchemy import and_, bindparam, or_, select, update
+from sqlalchemy import and_, bindparam, exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.clock import Clock
@@ -44,6 +51,8 @@ class Job:
     body: bytes
     event_received_at: float | None
     attempts: int  # attempts made before this one
+    order_key: str | None
+    lease_until: float | None  # this process's claim; another may send it after that
 
 
 @dataclass
@@ -55,6 +64,8 @@ class Outcome:
     error: str | None
     response_body: str | None
     retry_after: float | None
+    # Not attempted: "parked" (destination disabled) or "deleted" (destination removed).
+    skipped: str | None = None
 
 
 class Dispatcher:
@@ -69,12 +80,16 @@ class Dispatcher:
         concurrency: int,
         lease: float = 60.0,
         schedule: tuple[float, ...] = retry.SCHEDULE,
+        jitter: float = retry.JITTER,
+        disable_after: float = 5 * 86400,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._destinations = destinations
         self._guard = guard
         self._clock = clock
         self._schedule = schedule
+        self._jitter = jitter
+        self._disable_after = disable_after
         self.lease = lease
         self._timeout = timeout
         # One small connection pool per destination: httpcore scans every pooled
@@ -82,6 +97,12 @@ class Dispatcher:
         self._clients: dict[str, httpx.AsyncClient] = {}
         self._concurrency = concurrency
         self._limits: dict[str, asyncio.Semaphore] = {}
+        # Jobs held per destination (queued or in flight); the poller tops this up to
+        # ``_queue_cap`` at most, so a dead endpoint's backlog stays in the database.
+        self._held: Counter[str] = Counter()
+        self._queue_cap = concurrency * 4
+        # Lanes with a delivery waiting in the database behind one of ours.
+        self._waiting: set[tuple[str, str]] = set()
         self._inflight: set[asyncio.Task[None]] = set()
         self._results: list[Outcome] = []
         self._results_ready = asyncio.Event()
@@ -115,11 +136,26 @@ class Dispatcher:
         self._poll_now.set()
 
     # -- intake --------------------------------------------------------------------------
-    def submit(self, new: list[NewDelivery]) -> None:
+    def submit(self, new: list[NewDelivery], waiting: set[tuple[str, str]] | None = None) -> None:
+        """Send deliveries the pipeline claimed; note lanes left waiting behind them."""
+        if waiting:
+            self._waiting |= waiting
         for d in new:
-            self._start(Job(d.id, d.decision_id, d.destination_id, d.body, d.event_received_at, 0))
+            self._start(
+                Job(
+                    d.id,
+                    d.decision_id,
+                    d.destination_id,
+                    d.body,
+                    d.event_received_at,
+                    0,
+                    d.order_key,
+                    d.lease_until,
+                )
+            )
 
     def _start(self, job: Job) -> None:
+        self._held[job.destination_id] += 1
         task = asyncio.create_task(self._deliver(job))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
@@ -135,67 +171,104 @@ class Dispatcher:
                 await asyncio.wait_for(self._poll_now.wait(), POLL_SECONDS)
             self._poll_now.clear()
 
-    async def _claim_due(self, limit: int = 500) -> list[Job]:
+    async def _claim_due(self) -> list[Job]:
+        """Claim due deliveries: lane heads only, per destination up to its free room."""
         now = self._clock.now()
+        due = [
+            deliveries.c.status == "pending",
+            deliveries.c.next_attempt_at <= now,
+            or_(deliveries.c.locked_until.is_(None), deliveries.c.locked_until < now),
+        ]
+        jobs: list[Job] = []
         async with self._sessionmaker() as session, session.begin():
-            due = (
-                select(deliveries.c.id)
-                .where(
-                    deliveries.c.status == "pending",
-                    deliveries.c.next_attempt_at <= now,
-                    or_(deliveries.c.locked_until.is_(None), deliveries.c.locked_until < now),
+            pg = dialect_of(session) == "postgresql"
+            dest_ids = (
+                await session.scalars(
+                    select(deliveries.c.destination_id)
+                    .join(destinations, destinations.c.id == deliveries.c.destination_id)
+                    .where(*due, destinations.c.enabled.is_(True))
+                    .distinct()
                 )
-                .order_by(deliveries.c.next_attempt_at)
-                .limit(limit)
-            )
-            if dialect_of(session) == "postgresql":
-                due = due.with_for_update(skip_locked=True)
-            claimed = (
-                (
-                    await session.execute(
+            ).all()
+            earlier = deliveries.alias("earlier")
+            for dest_id in dest_ids:
+                room = self._queue_cap - self._held[dest_id]
+                if room <= 0:
+                    continue
+                heads = (
+                    select(deliveries.c.id)
+                    .where(
+                        deliveries.c.destination_id == dest_id,
+                        *due,
+                        ~exists().where(
+                            earlier.c.destination_id == deliveries.c.destination_id,
+                            earlier.c.order_key == deliveries.c.order_key,
+                            earlier.c.status == "pending",
+                            earlier.c.seq < deliveries.c.seq,
+                        ),
+                    )
+                    .order_by(deliveries.c.next_attempt_at)
+                    .limit(room)
+                )
+                if pg:
+                    heads = heads.with_for_update(skip_locked=True)
+                claimed = (
+                    await session.scalars(
                         update(deliveries)
-                        .where(deliveries.c.id.in_(due.scalar_subquery()))
+                        .where(deliveries.c.id.in_(heads.scalar_subquery()))
                         .values(locked_until=now + self.lease)
                         .returning(deliveries.c.id)
                     )
-                )
-                .scalars()
-                .all()
+                ).all()
+                if claimed:
+                    jobs += await self._jobs(session, claimed, now + self.lease)
+        return jobs
+
+    @staticmethod
+    async def _jobs(session: AsyncSession, ids: Sequence[str], lease_until: float) -> list[Job]:
+        rows = await session.execute(
+            select(
+                deliveries.c.id,
+                deliveries.c.decision_id,
+                deliveries.c.destination_id,
+                deliveries.c.event_received_at,
+                deliveries.c.attempts,
+                deliveries.c.order_key,
+                decisions.c.payload,
             )
-            if not claimed:
-                return []
-            rows = await session.execute(
-                select(
-                    deliveries.c.id,
-                    deliveries.c.decision_id,
-                    deliveries.c.destination_id,
-                    deliveries.c.event_received_at,
-                    deliveries.c.attempts,
-                    decisions.c.payload,
-                )
-                .join(decisions, decisions.c.id == deliveries.c.decision_id)
-                .where(deliveries.c.id.in_(claimed))
-                .order_by(deliveries.c.created_at)
+            .join(decisions, decisions.c.id == deliveries.c.decision_id)
+            .where(deliveries.c.id.in_(ids))
+            .order_by(deliveries.c.created_at)
+        )
+        return [
+            Job(
+                r.id,
+                r.decision_id,
+                r.destination_id,
+                r.payload.encode(),
+                r.event_received_at,
+                r.attempts,
+                r.order_key,
+                lease_until,
             )
-            return [
-                Job(
-                    r.id,
-                    r.decision_id,
-                    r.destination_id,
-                    r.payload.encode(),
-                    r.event_received_at,
-                    r.attempts,
-                )
-                for r in rows
-            ]
+            for r in rows
+        ]
 
     # -- sending -------------------------------------------------------------------------
     async def _deliver(self, job: Job) -> None:
-        dest = (await self._destinations.all()).get(job.destination_id)
-        sem = self._limits.setdefault(job.destination_id, asyncio.Semaphore(self._concurrency))
-        async with sem:
-            outcome = await self._attempt(job, dest)
-        self._record(outcome)
+        try:
+            sem = self._limits.setdefault(job.destination_id, asyncio.Semaphore(self._concurrency))
+            async with sem:
+                margin = min(self._timeout, self.lease / 2)
+                if job.lease_until is not None and self._clock.now() > job.lease_until - margin:
+                    # Queued too long behind a slow endpoint: our claim could lapse
+                    # mid-request. Leave it; the poller claims it again afterwards.
+                    return
+                dest = (await self._destinations.all()).get(job.destination_id)
+                outcome = await self._attempt(job, dest)
+            self._record(outcome)
+        finally:
+            self._held[job.destination_id] -= 1
 
     async def _attempt(self, job: Job, dest: Destination | None) -> Outcome:
         started = self._clock.now()
@@ -211,8 +284,10 @@ class Dispatcher:
                 job, started, (time.perf_counter() - t0) * 1000, code, error, body, retry_after
             )
 
-        if dest is None or not dest.enabled:
-            return done(None, "destination_disabled")
+        if dest is None:
+            return Outcome(job, started, 0.0, None, None, None, None, skipped="deleted")
+        if not dest.enabled:
+            return Outcome(job, started, 0.0, None, None, None, None, skipped="parked")
         try:
             target = await self._guard.resolve(dest.url)
         except SsrfRefused as exc:
@@ -254,6 +329,10 @@ class Dispatcher:
     # -- recording -----------------------------------------------------------------------
     def _record(self, outcome: Outcome) -> None:
         job = outcome.job
+        if outcome.skipped:
+            self._results.append(outcome)
+            self._results_ready.set()
+            return
         ok = outcome.error is None
         metrics.DELIVERIES.labels(job.destination_id, "delivered" if ok else "failed").inc()
         metrics.DELIVERY_SECONDS.observe(outcome.latency_ms / 1000)
@@ -288,48 +367,67 @@ class Dispatcher:
         attempts: list[dict[str, Any]] = []
         updates: list[dict[str, Any]] = []
         retry_now: list[Job] = []
+        finished: set[tuple[str, str]] = set()  # lanes whose current delivery is done
+        succeeded: set[str] = set()
+        failed: dict[str, float] = {}  # destination → its first failure in this batch
         for o in batch:
-            n = o.job.attempts + 1
-            attempts.append(
-                {
-                    "delivery_id": o.job.id,
-                    "attempt": n,
-                    "started_at": o.started_at,
-                    "status_code": o.status_code,
-                    "latency_ms": o.latency_ms,
-                    "error": o.error,
-                    "response_body": o.response_body,
-                }
-            )
+            job = o.job
+            n = job.attempts + 1
             locked = None
-            if o.error is None:
+            if o.skipped == "parked":
+                status, n, next_at, delivered_at = "parked", job.attempts, now, None
+            elif o.skipped == "deleted":
+                status, n, next_at, delivered_at = "dead", job.attempts, now, None
+            elif o.error is None:
                 status, next_at, delivered_at = "delivered", o.started_at, now
             elif o.status_code == GONE:
                 status, next_at, delivered_at = "dead", now, None
             else:
-                delay = retry.next_delay(n, schedule=self._schedule, retry_after=o.retry_after)
+                delay = retry.next_delay(
+                    n, schedule=self._schedule, jitter=self._jitter, retry_after=o.retry_after
+                )
                 status = "dead" if delay is None else "pending"
                 next_at, delivered_at = (now + (delay or 0.0)), None
                 if delay == 0:
                     locked = now + self.lease
                     retry_now.append(
                         Job(
-                            o.job.id,
-                            o.job.decision_id,
-                            o.job.destination_id,
-                            o.job.body,
-                            o.job.event_received_at,
+                            job.id,
+                            job.decision_id,
+                            job.destination_id,
+                            job.body,
+                            job.event_received_at,
                             n,
+                            job.order_key,
+                            locked,
                         )
                     )
+            if not o.skipped:
+                attempts.append(
+                    {
+                        "delivery_id": job.id,
+                        "attempt": n,
+                        "started_at": o.started_at,
+                        "status_code": o.status_code,
+                        "latency_ms": o.latency_ms,
+                        "error": o.error,
+                        "response_body": o.response_body,
+                    }
+                )
+                if o.error is None:
+                    succeeded.add(job.destination_id)
+                else:
+                    failed.setdefault(job.destination_id, o.started_at)
+            if status != "pending" and job.order_key is not None:
+                finished.add((job.destination_id, job.order_key))
             updates.append(
                 {
-                    "b_id": o.job.id,
+                    "b_id": job.id,
                     "b_status": status,
                     "b_attempts": n,
                     "b_next": next_at,
                     "b_code": o.status_code,
-                    "b_error": o.error,
+                    "b_error": "destination_deleted" if o.skipped == "deleted" else o.error,
                     "b_delivered": delivered_at,
                     "b_locked": locked,
                 }
@@ -348,28 +446,100 @@ class Dispatcher:
             )
         )
         gone = sorted({o.job.destination_id for o in batch if o.status_code == GONE})
+        known = await self._destinations.all()
         async with self._sessionmaker() as session, session.begin():
             conn = await session.connection()
-            await conn.execute(delivery_attempts.insert(), attempts)
+            if attempts:
+                await conn.execute(delivery_attempts.insert(), attempts)
             await conn.execute(stmt, updates)
-            disabled = await self._disable(conn, gone, reason="http_410", now=now)
+            failing, changed = await self._track_failures(conn, known, succeeded, failed, now)
+            disabled = await disable(conn, gone, reason="http_410", now=now)
+            disabled_failing = await disable(conn, failing, reason="failing", now=now)
         for dest_id in disabled:
             log.warning("destination %s answered 410 Gone: disabled until re-enabled", dest_id)
             metrics.DESTINATIONS_DISABLED.labels("http_410").inc()
-        if disabled:
+        for dest_id in disabled_failing:
+            log.warning(
+                "destination %s: every attempt failed for %.0f s: disabled until re-enabled",
+                dest_id,
+                self._disable_after,
+            )
+            metrics.DESTINATIONS_DISABLED.labels("failing").inc()
+        if disabled or disabled_failing or changed:
             self._destinations.invalidate()
+        if finished & self._waiting:
+            self._waiting -= finished
+            self.poke()
         for job in retry_now:
             self._start(job)
 
-    @staticmethod
-    async def _disable(conn: Any, ids: list[str], *, reason: str, now: float) -> list[str]:
-        """Switch destinations off (those not off already); returns the ids switched."""
-        if not ids:
-            return []
-        result = await conn.execute(
-            update(destinations)
-            .where(destinations.c.id.in_(ids), destinations.c.enabled.is_(True))
-            .values(enabled=False, disabled_reason=reason, disabled_at=now, updated_at=now)
-            .returning(destinations.c.id)
+    async def _track_failures(
+        self,
+        conn: Any,
+        known: dict[str, Destination],
+        succeeded: set[str],
+        failed: dict[str, float],
+        now: float,
+    ) -> tuple[list[str], bool]:
+        """Keep each destination's ``failing_since``: the ids failing past the grace, and
+        whether any destination's state changed."""
+        healed = [d for d in succeeded if d in known and known[d].failing_since is not None]
+        if healed:
+            await conn.execute(
+                update(destinations).where(destinations.c.id.in_(healed)).values(failing_since=None)
+            )
+        over: list[str] = []
+        changed = bool(healed)
+        for dest_id, first in failed.items():
+            if dest_id in succeeded or dest_id not in known:
+                continue
+            since = known[dest_id].failing_since
+            if since is None:
+                await conn.execute(
+                    update(destinations)
+                    .where(destinations.c.id == dest_id, destinations.c.failing_since.is_(None))
+                    .values(failing_since=first)
+                )
+                changed = True
+            elif self._disable_after and now - since >= self._disable_after:
+                over.append(dest_id)
+        return over, changed
+
+
+async def disable(conn: Any, ids: Sequence[str], *, reason: str, now: float) -> list[str]:
+    """Switch destinations off (those not off already) and park their pending deliveries;
+    returns the ids switched."""
+    if not ids:
+        return []
+    result = await conn.execute(
+        update(destinations)
+        .where(destinations.c.id.in_(ids), destinations.c.enabled.is_(True))
+        .values(enabled=False, disabled_reason=reason, disabled_at=now, updated_at=now)
+        .returning(destinations.c.id)
+    )
+    switched = list(result.scalars().all())
+    if switched:
+        await conn.execute(
+            update(deliveries)
+            .where(deliveries.c.destination_id.in_(switched), deliveries.c.status == "pending")
+            .values(status="parked", locked_until=None)
         )
-        return list(result.scalars().all())
+    return switched
+
+
+async def enable(conn: Any, dest_id: str, *, now: float) -> int:
+    """Switch a destination on; its parked deliveries become due now. Returns how many."""
+    await conn.execute(
+        update(destinations)
+        .where(destinations.c.id == dest_id)
+        .values(
+            enabled=True, disabled_reason=None, disabled_at=None, failing_since=None, updated_at=now
+        )
+    )
+    result = await conn.execute(
+        update(deliveries)
+        .where(deliveries.c.destination_id == dest_id, deliveries.c.status == "parked")
+        .values(status="pending", next_attempt_at=now, locked_until=None)
+        .returning(deliveries.c.id)
+    )
+    return len(result.all())

@@ -1,10 +1,17 @@
-"""The outbox: delivery rows written in the same transaction as the decisions."""
+"""The outbox: delivery rows written in the same transaction as the decisions.
+
+Each delivery belongs to a *lane*: one destination and one lead (or account). A lane's
+deliveries go out one at a time in ``seq`` order, so a CRM sees a lead's decisions in
+the order they were made, retries included. A delivery whose lane still has an earlier
+one pending is written unclaimed; the dispatcher's poller sends it when its turn comes.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.clock import new_id
@@ -21,7 +28,33 @@ class NewDelivery:
     destination_id: str
     body: bytes
     event_received_at: float | None
-    lead_id: str | None
+    order_key: str
+    lease_until: float | None
+
+
+@dataclass
+class Enqueued:
+    claimed: list[NewDelivery]
+    # Lanes (destination id, order key) with a delivery left waiting behind an earlier one.
+    waiting: set[tuple[str, str]]
+
+
+_last_seq = 0
+
+
+def next_seqs(now: float, n: int) -> range:
+    """``n`` sequence numbers, increasing across calls (microseconds since the epoch)."""
+    global _last_seq
+    start = max(_last_seq + 1, int(now * 1_000_000))
+    _last_seq = start + n - 1
+    return range(start, start + n)
+
+
+def order_key(decision: dict[str, Any]) -> str:
+    """The lane of a decision: its lead, or its account for an account decision."""
+    if decision.get("lead_id"):
+        return str(decision["lead_id"])
+    return f"account:{decision.get('account_domain') or ''}"
 
 
 async def enqueue(
@@ -31,42 +64,72 @@ async def enqueue(
     *,
     now: float,
     lease_until: float | None,
-) -> list[NewDelivery]:
-    """One pending delivery per (decision, matching destination).
+) -> Enqueued:
+    """One delivery per (decision, matching destination).
 
-    With ``lease_until`` set, the rows are claimed by this process until then, so the
-    poller of another dispatcher leaves them alone while we deliver them directly.
+    With ``lease_until`` set, the head of each lane is claimed by this process until
+    then, so another dispatcher's poller leaves it alone while we deliver it directly.
+    A disabled destination's deliveries are parked: kept, not sent, resumed on enable.
     """
-    rows: list[dict[str, Any]] = []
-    out: list[NewDelivery] = []
-    for decision, body, rule_destinations in decisions:
-        for dest in destinations.values():
-            if not dest.matches(decision, rule_destinations):
-                continue
-            delivery_id = new_id("dlv", now)
-            rows.append(
-                {
-                    "id": delivery_id,
-                    "decision_id": decision["id"],
-                    "destination_id": dest.id,
-                    "status": "pending",
-                    "attempts": 0,
-                    "next_attempt_at": now,
-                    "locked_until": lease_until,
-                    "event_received_at": decision["event_received_at"],
-                    "created_at": now,
-                }
+    planned: list[tuple[dict[str, Any], bytes, Destination]] = [
+        (decision, body, dest)
+        for decision, body, rule_destinations in decisions
+        for dest in destinations.values()
+        if dest.matches(decision, rule_destinations)
+    ]
+    if not planned:
+        return Enqueued([], set())
+    keys = {order_key(d) for d, _, _ in planned}
+    busy = {
+        (r[0], r[1])
+        for r in await session.execute(
+            select(deliveries.c.destination_id, deliveries.c.order_key)
+            .where(
+                deliveries.c.destination_id.in_({dest.id for _, _, dest in planned}),
+                deliveries.c.order_key.in_(keys),
+                deliveries.c.status == "pending",
             )
-            out.append(
+            .distinct()
+        )
+    }
+    rows: list[dict[str, Any]] = []
+    claimed: list[NewDelivery] = []
+    waiting: set[tuple[str, str]] = set()
+    for (decision, body, dest), seq in zip(planned, next_seqs(now, len(planned)), strict=True):
+        delivery_id = new_id("dlv", now)
+        key = order_key(decision)
+        lane = (dest.id, key)
+        send_now = dest.enabled and lease_until is not None and lane not in busy
+        if dest.enabled:
+            if not send_now:
+                waiting.add(lane)
+            busy.add(lane)
+        rows.append(
+            {
+                "id": delivery_id,
+                "decision_id": decision["id"],
+                "destination_id": dest.id,
+                "status": "pending" if dest.enabled else "parked",
+                "attempts": 0,
+                "next_attempt_at": now,
+                "locked_until": lease_until if send_now else None,
+                "event_received_at": decision["event_received_at"],
+                "created_at": now,
+                "order_key": key,
+                "seq": seq,
+            }
+        )
+        if send_now:
+            claimed.append(
                 NewDelivery(
                     delivery_id,
                     decision["id"],
                     dest.id,
                     body,
                     decision["event_received_at"],
-                    decision["lead_id"],
+                    key,
+                    lease_until,
                 )
             )
-    if rows:
-        await session.execute(deliveries.insert(), rows)
-    return out
+    await session.execute(deliveries.insert(), rows)
+    return Enqueued(claimed, waiting)
