@@ -367,6 +367,36 @@ async def _n(items: list[Any], n: int) -> bool:
     return len(items) >= n
 
 
+async def test_a_refused_address_falls_back_to_the_hosts_next_validated_one(
+    settings: Settings,
+    clock: FakeClock,
+    tls_cert: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """hooks.example has two addresses; nothing listens on the first (127.0.0.2), so the
+    connection is refused and the send goes to the second, still pinned and verified.
+    One attempt, one request: a refused connection sent nothing."""
+    cert, key = tls_cert
+    monkeypatch.setenv("SSL_CERT_FILE", cert)
+    allowed = settings.model_copy(update={"delivery_allowed_hosts": ["127.0.0.0/8"]})
+    async with service(allowed, clock) as svc:
+        dns = FakeDns({"hooks.example": ["127.0.0.2", "127.0.0.1"]})
+        svc.runtime.guard.resolver = dns
+        ep = Endpoint(headers={"connection": "close"})
+        app = Starlette(routes=[Route("/{path:path}", ep.handle, methods=["POST"])])
+        async with serve_tls(app, cert, key) as port:
+            r = await svc.client.post(
+                "/v1/destinations", json={"name": "crm", "url": f"https://hooks.example:{port}/"}
+            )
+            assert r.status_code == 201, r.text
+            await svc.client.post("/v1/events", json={"events": hot_events("fb", clock.now())})
+            [decision_id] = await eventually(lambda: decision_ids(svc))
+            delivery = await settled_delivery(svc, decision_id, "delivered")
+        assert [(h["status_code"], h["error"]) for h in delivery["history"]] == [(204, None)]
+        [got] = ep.requests
+        assert got.headers["host"] == f"hooks.example:{port}"
+
+
 # -- redirects -----------------------------------------------------------------------------
 
 

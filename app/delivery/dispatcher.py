@@ -297,14 +297,22 @@ class Dispatcher:
         headers = signing.headers(dest.secrets(now), job.decision_id, int(now), content)
         headers["user-agent"] = "intent-router/0.1"
         headers.update(target.headers)
-        try:
-            resp = await self._client(dest.id).post(
-                target.url, content=content, headers=headers, extensions=target.extensions
-            )
-        except httpx.TimeoutException:
-            return done(None, "timeout")
-        except httpx.HTTPError as exc:
-            return done(None, f"{type(exc).__name__}: {exc}"[:500])
+        client = self._client(dest.id)
+        urls = (target.url, *target.fallbacks)
+        for i, url in enumerate(urls, 1):
+            try:
+                resp = await client.post(
+                    url, content=content, headers=headers, extensions=target.extensions
+                )
+                break
+            except httpx.ConnectError as exc:
+                if i < len(urls):
+                    continue  # nothing was sent: the host's next address may answer
+                return done(None, f"{type(exc).__name__}: {exc}"[:500])
+            except httpx.TimeoutException:
+                return done(None, "timeout")
+            except httpx.HTTPError as exc:
+                return done(None, f"{type(exc).__name__}: {exc}"[:500])
         body = resp.text[:RESPONSE_BODY_CAP]
         if 200 <= resp.status_code < 300:
             return done(resp.status_code, None, body)

@@ -24,6 +24,7 @@ from app.errors import InvalidInput
 METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata", "instance-data"})
 CGNAT = ipaddress.ip_network("100.64.0.0/10")
 CACHE_SECONDS = 5.0  # short: a validated answer is safe to reuse, a stale one only fails
+MAX_ADDRESSES = 4  # of a name's addresses, how many a send tries before it fails
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -63,6 +64,8 @@ class Target:
     url: str
     headers: dict[str, str] = field(default_factory=dict)
     extensions: dict[str, str] = field(default_factory=dict)
+    # The host's other validated addresses, tried in turn when a connection is refused.
+    fallbacks: tuple[str, ...] = ()
 
 
 class SsrfGuard:
@@ -126,10 +129,12 @@ class SsrfGuard:
         self._check_scheme(parts.scheme, http_allowed=False)
         pinned = httpx.URL(url)
         extensions = {"sni_hostname": pinned.raw_host.decode()} if parts.scheme == "https" else {}
+        urls = [str(pinned.copy_with(host=str(ip))) for ip in dict.fromkeys(ips)]
         return Target(
-            str(pinned.copy_with(host=str(ips[0]))),
+            urls[0],
             headers={"host": pinned.netloc.decode()},
             extensions=extensions,
+            fallbacks=tuple(urls[1:MAX_ADDRESSES]),
         )
 
     @staticmethod
