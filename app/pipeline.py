@@ -8,6 +8,7 @@ Kafka offsets committed and the claimed deliveries handed to the dispatcher.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ from app.delivery.destinations import Destination
 from app.delivery.outbox import NewDelivery, enqueue
 from app.ingest.schemas import ATTRIBUTE_ONLY_TYPES, FUTURE_TOLERANCE_SECONDS, Event
 from app.matching.identity import BatchState
+from app.observability import metrics
 from app.policy.schema import CompiledPolicy
 from app.routing.assignment import Counters, assign
 from app.routing.decisions import Candidate, build
@@ -67,6 +69,18 @@ class BatchResult:
     waiting: set[tuple[str, str]] = field(default_factory=set)
 
 
+class _StageTimer:
+    """Observes the time since the previous lap into the per-stage histogram."""
+
+    def __init__(self) -> None:
+        self._t = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        t = time.perf_counter()
+        metrics.STAGE_SECONDS.labels(stage).observe(t - self._t)
+        self._t = t
+
+
 def check_event(ev: Event, policy: CompiledPolicy, now: float) -> EventStatus | None:
     """Checks that need the policy or the clock; a rejection, or None when fine."""
     if ev.type not in policy.signals and ev.type not in ATTRIBUTE_ONLY_TYPES:
@@ -99,22 +113,29 @@ async def process(
     lease_until: float | None,
 ) -> BatchResult:
     """Apply a batch of validated events; statuses come back in the batch's order."""
+    timer = _StageTimer()
     statuses, fresh = await _ingest(session, batch, policy, now)
+    timer.lap("ingest")
     if not fresh:
         return BatchResult(statuses)
 
     state = BatchState(policy=policy, now=now)
     await state.load(session, fresh)
+    timer.lap("identify")
     candidates: list[Candidate] = []
     for ev in fresh:
         candidate = apply(state, ev)
         if candidate is not None:
             candidates.append(candidate)
+    timer.lap("score")
     candidates += await surge_candidates(session, state, set(state.account_trigger))
+    timer.lap("match")
 
     routed, suppressed = await _route(session, state, candidates)
+    timer.lap("route")
     outbox = await enqueue(session, routed, destinations, now=now, lease_until=lease_until)
     await state.save(session)
+    timer.lap("outbox")
     return BatchResult(
         statuses, outbox.claimed, [d for d, _, _ in routed], suppressed, outbox.waiting
     )

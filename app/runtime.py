@@ -15,7 +15,15 @@ from app import pipeline
 from app.auth import KeyStore, create_key
 from app.clock import Clock
 from app.config import Settings
-from app.db import api_keys, make_engine, make_sessionmaker, policies
+from app.db import (
+    api_keys,
+    deliveries,
+    destinations,
+    leads,
+    make_engine,
+    make_sessionmaker,
+    policies,
+)
 from app.delivery.destinations import DestinationCache
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.ssrf import SsrfGuard
@@ -32,6 +40,7 @@ from app.policy.store import active_policy, ensure_default
 log = logging.getLogger(__name__)
 
 POLICY_REFRESH_SECONDS = 5.0
+GAUGE_SECONDS = 10.0
 
 
 class Runtime:
@@ -91,6 +100,7 @@ class Runtime:
             self.dispatcher.start()
         self.batcher.start()
         self._tasks.append(asyncio.create_task(self._refresh_policy(), name="policy-refresh"))
+        self._tasks.append(asyncio.create_task(self._sample_gauges(), name="gauges"))
         bootstrap = self.settings.kafka_bootstrap
         if bootstrap:
             await ensure_topics(
@@ -142,8 +152,55 @@ class Runtime:
                         policy = await active_policy(session)
                         if policy is not None:
                             self.set_policy(policy)
-            except Exception:
+            except Exception as exc:
                 log.exception("policy refresh failed")
+                metrics.count_db_error("policy_refresh", exc)
+
+    async def _sample_gauges(self) -> None:
+        """Outbox depth and age, disabled destinations, leads by band: read from the
+        database (the same figures on every replica), the band counts less often."""
+        n = 0
+        while True:
+            try:
+                await self.sample_gauges(leads_too=n % 6 == 0)
+            except Exception as exc:
+                log.warning("sampling gauges failed: %s", exc)
+                metrics.count_db_error("gauges", exc)
+            n += 1
+            await asyncio.sleep(GAUGE_SECONDS)
+
+    async def sample_gauges(self, *, leads_too: bool = True) -> None:
+        now = self.clock.now()
+        bands: dict[str, int] | None = None
+        async with self.sessionmaker() as session:
+            rows = await session.execute(
+                select(deliveries.c.status, func.count())
+                .where(deliveries.c.status.in_(("pending", "parked")))
+                .group_by(deliveries.c.status)
+            )
+            by_status = {status: n for status, n in rows}
+            oldest = await session.scalar(
+                select(func.min(deliveries.c.created_at)).where(deliveries.c.status == "pending")
+            )
+            off = await session.scalar(
+                select(func.count())
+                .select_from(destinations)
+                .where(destinations.c.enabled.is_(False))
+            )
+            if leads_too:
+                rows = await session.execute(
+                    select(leads.c.band, func.count())
+                    .where(leads.c.merged_into.is_(None))
+                    .group_by(leads.c.band)
+                )
+                bands = {band: n for band, n in rows}
+        for status in ("pending", "parked"):
+            metrics.OUTBOX_DELIVERIES.labels(status).set(by_status.get(status, 0))
+        metrics.OUTBOX_OLDEST_PENDING.set(max(0.0, now - oldest) if oldest is not None else 0.0)
+        metrics.DESTINATIONS_OFF.set(off or 0)
+        if bands is not None and self.policy is not None:
+            for band in {b.name for b in self.policy.bands} | set(bands):
+                metrics.LEADS_BY_BAND.labels(band).set(bands.get(band, 0))
 
     async def ingest(self, events: list[Event]) -> list[pipeline.EventStatus]:
         """Accept validated events: produced to Kafka when it is on, else group-committed."""

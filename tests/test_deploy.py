@@ -271,8 +271,8 @@ def test_a_query_naming_a_missing_series_or_label_is_refused() -> None:
     assert promql_problems("rate(intent_events_ingested[5m])", known) == [
         "unknown series intent_events_ingested"
     ]
-    assert promql_problems("sum(intent_kafka_consumer_lag)", known) == [
-        "unknown series intent_kafka_consumer_lag"
+    assert promql_problems("sum(intent_kafka_lag_records)", known) == [
+        "unknown series intent_kafka_lag_records"
     ]
     assert promql_problems('intent_deliveries_total{outcom="failed"}', known) == [
         "intent_deliveries_total has no label 'outcom'"

@@ -358,7 +358,11 @@ async def test_roles_split_api_from_consumer_and_dispatcher(
                 base_url=api.url, timeout=30, headers={"authorization": f"Bearer {key}"}
             ) as c:
                 ready = (await c.get("/readyz")).json()["checks"]
-                assert ready["dispatcher"] == "off"  # this process only takes HTTP
+                # this process only takes HTTP: no dispatcher or consumer to be ready
+                assert "dispatcher" not in ready and "consumer" not in ready
+                worker_ready = (await c.get(worker.url + "/readyz")).json()["checks"]
+                assert worker_ready["dispatcher"] == "running"
+                assert worker_ready["consumer"]["partitions"] == [0, 1, 2, 3]
                 await c.put(
                     "/v1/accounts",
                     json={
@@ -373,6 +377,11 @@ async def test_roles_split_api_from_consumer_and_dispatcher(
                 r = await c.post("/v1/events", json={"events": hot_events("roles", time.time())})
                 assert r.status_code == 202
             [got] = await hook.wait_for(1, within=30)
+            async with httpx.AsyncClient() as plain:
+                scraped = (await plain.get(worker.url + "/metrics")).text
+            lag = [ln for ln in scraped.splitlines() if ln.startswith("intent_kafka_consumer_lag{")]
+            assert lag and all(f'topic="{topic}"' in ln for ln in lag), lag
+            assert all(float(ln.split()[-1]) == 0 for ln in lag), lag  # caught up
             assert got.json()["data"]["trigger_event_id"] == "roles-2"
         finally:
             api.stop()

@@ -165,8 +165,9 @@ class Dispatcher:
             try:
                 for job in await self._claim_due():
                     self._start(job)
-            except Exception:
+            except Exception as exc:
                 log.exception("delivery poller failed; retrying")
+                metrics.count_db_error("delivery_claim", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._poll_now.wait(), POLL_SECONDS)
             self._poll_now.clear()
@@ -355,8 +356,9 @@ class Dispatcher:
             self._results_ready.clear()
             try:
                 await self._flush()
-            except Exception:
+            except Exception as exc:
                 log.exception("recording delivery results failed; will retry")
+                metrics.count_db_error("delivery_record", exc)
                 await asyncio.sleep(0.5)
                 self._results_ready.set()
 

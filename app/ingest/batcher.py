@@ -115,6 +115,7 @@ def is_transient(exc: BaseException) -> bool:
 
 def _fail(items: list[_Item], exc: Exception) -> None:
     log.error("pipeline batch failed", exc_info=exc)
+    metrics.count_db_error("pipeline", exc)
     err: AppError
     if is_transient(exc):
         err = Unavailable(

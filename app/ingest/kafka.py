@@ -143,8 +143,9 @@ class KafkaIngest:
                 continue
             try:
                 await self._handle(batches)
-            except Exception:
+            except Exception as exc:
                 log.exception("kafka batch failed; retrying the same records")
+                metrics.count_db_error("pipeline", exc)
                 assigned = self.consumer.assignment()
                 for tp, records in batches.items():
                     # A partition revoked meanwhile is re-read by its new owner from the
@@ -168,6 +169,11 @@ class KafkaIngest:
         if events:
             await self.runtime.process(events)
         await self.consumer.commit({tp: records[-1].offset + 1 for tp, records in batches.items()})
+        for tp, records in batches.items():
+            end = self.consumer.highwater(tp)
+            if end is not None:
+                lag = max(0, end - (records[-1].offset + 1))
+                metrics.KAFKA_LAG.labels(tp.topic, str(tp.partition)).set(lag)
 
     def _decode(
         self, rec: ConsumerRecord[Any, Any], headers: dict[str, bytes], policy: Any, now: float
@@ -241,6 +247,9 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         # Batches are committed before the next poll, so nothing is pending here.
         self.ingest.assigned -= set(revoked)
+        for tp in revoked:
+            with contextlib.suppress(KeyError):
+                metrics.KAFKA_LAG.remove(tp.topic, str(tp.partition))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.ingest.assigned |= set(assigned)

@@ -50,11 +50,23 @@ async def readyz(request: Request) -> Response:
     except Exception as exc:
         checks["database"] = f"error: {type(exc).__name__}"
     checks["policy_version"] = runtime.policy.version if runtime.policy else None
-    checks["dispatcher"] = "running" if runtime.dispatcher and runtime.dispatcher.running else "off"
+    roles = set(runtime.settings.roles)
+    dispatcher_ok = True
+    if "dispatcher" in roles:
+        dispatcher_ok = runtime.dispatcher is not None and runtime.dispatcher.running
+        checks["dispatcher"] = "running" if dispatcher_ok else "stopped"
+    consumer_ok = True
+    if runtime.settings.kafka_bootstrap and "consumer" in roles:
+        consumer = runtime.consumer
+        assigned = sorted(tp.partition for tp in consumer.assigned) if consumer else []
+        consumer_ok = bool(assigned)
+        checks["consumer"] = {"partitions": assigned} if consumer_ok else "not assigned"
     ready = (
         checks["database"] == "ok"
         and checks.get("migrations") == "ok"
         and (runtime.policy is not None)
+        and dispatcher_ok
+        and consumer_ok
     )
     body = Readiness(ready=ready, checks=checks).model_dump()
     return JSONResponse(body, status_code=200 if ready else 503)

@@ -47,3 +47,38 @@ DELIVERY_SECONDS = Histogram(
 )
 INGEST_QUEUE = Gauge("intent_ingest_queue_events", "Events waiting for the next batch")
 POLICY_VERSION = Gauge("intent_policy_active_version", "Version of the active policy")
+STAGE_SECONDS = Histogram(
+    "intent_pipeline_stage_seconds",
+    "Time per pipeline stage of one batch: ingest (dedupe), identify (load identities, "
+    "leads, accounts), score, match (account surges), route, outbox (deliveries + state)",
+    ["stage"],
+    buckets=LATENCY_BUCKETS,
+)
+DB_ERRORS = Counter(
+    "intent_db_errors_total", "Database operations that failed, by operation", ["operation"]
+)
+OUTBOX_DELIVERIES = Gauge(
+    "intent_outbox_deliveries",
+    "Deliveries not yet delivered or dead-lettered: pending, or parked (destination off)",
+    ["status"],
+)
+OUTBOX_OLDEST_PENDING = Gauge(
+    "intent_outbox_oldest_pending_seconds", "Age of the oldest pending delivery (0 when none)"
+)
+DESTINATIONS_OFF = Gauge("intent_destinations_off", "Destinations currently disabled")
+LEADS_BY_BAND = Gauge("intent_leads", "Leads by current band (as last scored)", ["band"])
+KAFKA_LAG = Gauge(
+    "intent_kafka_consumer_lag",
+    "Records behind the partition's end, per assigned partition",
+    ["topic", "partition"],
+)
+
+
+def count_db_error(operation: str, exc: BaseException) -> None:
+    """Count ``exc`` against ``operation`` when it came from the database."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if isinstance(exc, SQLAlchemyError | OSError | TimeoutError) or type(exc).__module__.startswith(
+        ("asyncpg", "sqlite3", "aiosqlite")
+    ):
+        DB_ERRORS.labels(operation).inc()
