@@ -12,7 +12,8 @@ WORKDIR /srv
 COPY migrations ./migrations
 COPY app ./app
 USER intent
-ENV PYTHONPATH=/srv INTENT_HOST=0.0.0.0 INTENT_PORT=8000 \
+# uvicorn with uvloop and httptools; INTENT_WORKERS sets the number of worker processes.
+ENV PYTHONPATH=/srv INTENT_HOST=0.0.0.0 INTENT_PORT=8000 INTENT_WORKERS=1 \
     INTENT_DATABASE_URL=sqlite+aiosqlite:////home/intent/data/intent-router.db
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz').status == 200 else 1)"

@@ -45,6 +45,10 @@ async def _with_db(fn: Any) -> Any:
         await engine.dispose()
 
 
+async def _noop(_: Any) -> None:
+    return None
+
+
 @cli.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="default INTENT_HOST or 127.0.0.1")] = None,
@@ -59,31 +63,34 @@ def serve(
 
     import uvicorn
 
-    from app.main import create_app
+    from app.main import serve_app
 
     if roles is not None:
         os.environ["INTENT_ROLES"] = roles
     settings = _settings()
-    app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=host or settings.host,
-        port=port or settings.port,
-        log_level=settings.log_level.lower(),
-        access_log=False,
-        loop="uvloop",
-        http="httptools",
-    )
+    options: dict[str, Any] = {
+        "host": host or settings.host,
+        "port": port or settings.port,
+        "log_level": settings.log_level.lower(),
+        "log_config": None,  # ours: JSON lines (app.observability.logging)
+        "access_log": False,
+        "loop": "uvloop",
+        "http": "httptools",
+    }
+    if settings.workers > 1:
+        # Each worker process builds its own app (and runtime) from the environment;
+        # the schema is brought up to date once, here, before they start.
+        asyncio.run(_with_db(_noop))
+        uvicorn.run("app.main:serve_app", factory=True, workers=settings.workers, **options)
+    else:
+        uvicorn.run(serve_app(settings), **options)
 
 
 @cli.command()
 def migrate() -> None:
     """Bring the database schema to the newest version."""
 
-    async def noop(_: Any) -> None:
-        return None
-
-    asyncio.run(_with_db(noop))
+    asyncio.run(_with_db(_noop))
     typer.echo("database is at the newest schema version", err=True)
 
 

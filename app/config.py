@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     # power failure); NORMAL is faster and loses nothing on a process crash.
     sqlite_synchronous: str = "FULL"
     log_level: str = "INFO"
+    # uvicorn worker processes for `serve` (each runs the roles; dispatchers share work
+    # through leases). With SQLite, keep 1: one writer is fastest.
+    workers: int = Field(default=1, ge=1, le=64)
     bootstrap_admin_key: bool = True
 
     @field_validator("database_url")

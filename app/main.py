@@ -21,9 +21,18 @@ from app.ingest import http as ingest_http
 from app.ingest.schemas import EventBatchIn, EventIn, error_field
 from app.matching.abm import AccountImport
 from app.observability import health
+from app.observability.logging import RequestLog
+from app.observability.logging import configure as configure_logging
 from app.runtime import Runtime
 
 log = logging.getLogger("app")
+
+
+def serve_app(settings: Settings | None = None) -> FastAPI:
+    """The app as ``intent-router serve`` runs it: JSON logs configured first."""
+    settings = settings or Settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)
 
 
 def create_app(
@@ -117,6 +126,7 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(ingest_http.FastIngest)
+    app.add_middleware(RequestLog)  # outermost: every request gets an id and a log line
     app.include_router(ingest_http.router, tags=["ingest"])
     app.include_router(read.router, tags=["read"])
     app.include_router(admin.router, tags=["admin"])

@@ -43,6 +43,25 @@ POLICY_REFRESH_SECONDS = 5.0
 GAUGE_SECONDS = 10.0
 
 
+LOGGED_IDS = 50  # ids per batch log line, at most
+
+
+def batch_log_fields(batch: list[Event], result: pipeline.BatchResult) -> dict[str, object]:
+    """What one batch's log line carries to correlate it with requests and decisions."""
+    counts = Counter(st.status for st in result.statuses)
+    request_ids = sorted({ev.request_id for ev in batch if ev.request_id})
+    return {
+        "events": len(batch),
+        "accepted": counts["accepted"],
+        "duplicates": counts["duplicate"],
+        "rejected": counts["rejected"],
+        "event_ids": [ev.event_id for ev in batch[:LOGGED_IDS]],
+        "request_ids": request_ids[:LOGGED_IDS],
+        "decision_ids": [d["id"] for d in result.decisions[:LOGGED_IDS]],
+        "trigger_event_ids": [d.get("trigger_event_id") for d in result.decisions[:LOGGED_IDS]],
+    }
+
+
 class Runtime:
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.settings = settings
@@ -262,6 +281,13 @@ class Runtime:
                 metrics.EVENTS_REJECTED.labels(*key[1:]).inc(n)
         for d in result.decisions:
             metrics.DECISIONS.labels(d["type"], d["rule"], d["team"]).inc()
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "batch applied: %d events, %d decisions",
+                len(batch),
+                len(result.decisions),
+                extra=batch_log_fields(batch, result),
+            )
         if result.suppressed:
             metrics.DECISIONS_SUPPRESSED.inc(result.suppressed)
         if self.dispatcher is not None and (result.deliveries or result.waiting):

@@ -183,7 +183,7 @@ class Spawned:
     def start(self) -> None:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, **self.env, "INTENT_PORT": str(port), "INTENT_LOG_LEVEL": "warning"}
+        env = {**os.environ, "INTENT_LOG_LEVEL": "warning", **self.env, "INTENT_PORT": str(port)}
         self.proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "intent-router"), "serve"],
             env=env,

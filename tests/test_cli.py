@@ -78,3 +78,25 @@ def test_bad_settings_stop_start_up_with_the_variable_named(tmp_path: Path) -> N
     )
     assert r.returncode == 2
     assert "INTENT_DATABASE_URL" in r.stderr
+
+
+async def test_serve_runs_the_configured_number_of_worker_processes(database_url: str) -> None:
+    from tests.harness import Spawned, eventually
+
+    proc = Spawned(
+        {"INTENT_DATABASE_URL": database_url, "INTENT_WORKERS": "2", "INTENT_LOG_LEVEL": "info"}
+    )
+    try:
+        proc.start()
+
+        async def started() -> set[str]:
+            pids = {
+                line.split('"process":', 1)[1].split(",", 1)[0]
+                for line in proc.output
+                if "Application startup complete" in line and '"process":' in line
+            }
+            return pids if len(pids) == 2 else set()
+
+        assert len(await eventually(started, within=30)) == 2
+    finally:
+        proc.stop()

@@ -344,6 +344,23 @@ class Dispatcher:
             return
         ok = outcome.error is None
         metrics.DELIVERIES.labels(job.destination_id, "delivered" if ok else "failed").inc()
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "delivery %s to %s: %s",
+                job.id,
+                job.destination_id,
+                outcome.status_code if ok else outcome.error,
+                extra={
+                    "delivery_id": job.id,
+                    "decision_id": job.decision_id,
+                    "destination_id": job.destination_id,
+                    "attempt": job.attempts + 1,
+                    "outcome": "delivered" if ok else "failed",
+                    "status_code": outcome.status_code,
+                    "error": outcome.error,
+                    "latency_ms": round(outcome.latency_ms, 3),
+                },
+            )
         metrics.DELIVERY_SECONDS.observe(outcome.latency_ms / 1000)
         if ok and job.event_received_at is not None:
             metrics.EVENT_TO_WEBHOOK.observe(max(0.0, time.time() - job.event_received_at))

@@ -21,6 +21,8 @@ from pydantic import (
     model_validator,
 )
 
+from app.observability.logging import REQUEST_ID
+
 FUTURE_TOLERANCE_SECONDS = 300.0
 EARLIEST_EVENT = datetime(2000, 1, 1, tzinfo=UTC)
 MAX_EMPLOYEES = 10_000_000
@@ -209,6 +211,7 @@ class Event:
     properties: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] | None = None
     raw_json: str | None = None  # the document's JSON as received, when we have it
+    request_id: str | None = None  # the HTTP request that brought it, for the logs
 
     def payload(self) -> str:
         """What the events table stores: the event as received."""
@@ -270,6 +273,7 @@ def to_event(
         if raw is not None or raw_json is not None
         else e.model_dump(mode="json", exclude_defaults=True),
         raw_json=raw_json,
+        request_id=REQUEST_ID.get(),
     )
 
 
