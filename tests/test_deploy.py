@@ -101,9 +101,33 @@ def test_promtool_check_config_finds_the_rules() -> None:
 
 
 def test_promtool_rule_unit_tests() -> None:
-    """The burn-rate, destination, queue, delivery and target-down alerts fire as meant."""
+    """Every alert fires as meant, and stays quiet on a healthy service."""
     out = run_promtool("test", "rules", str(RULE_TESTS))
     assert "SUCCESS" in out
+
+
+def alert_names() -> list[str]:
+    doc = yaml.safe_load(RULES.read_text())
+    return [r["alert"] for g in doc["groups"] for r in g["rules"] if "alert" in r]
+
+
+def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
+    doc = yaml.safe_load(RULE_TESTS.read_text())
+    firing: set[str] = set()
+    quiet: set[str] = set()
+    for case in doc["tests"]:
+        for t in case.get("alert_rule_test", []):
+            (firing if t.get("exp_alerts") else quiet).add(t["alertname"])
+    names = set(alert_names())
+    assert (firing | quiet) <= names, sorted((firing | quiet) - names)  # no stale tests
+    assert not names - firing, f"no test where these fire: {sorted(names - firing)}"
+    assert not names - quiet, f"no test where these stay quiet: {sorted(names - quiet)}"
+
+
+def test_the_readme_lists_every_alert() -> None:
+    readme = (DEPLOY / "README.md").read_text()
+    listed = set(re.findall(r"^\| `(Intent\w+)` \|", readme, re.M))
+    assert listed == set(alert_names())
 
 
 # ---------------------------------------------------------------------------------------
@@ -169,6 +193,13 @@ def test_the_registry_knows_the_documented_metrics() -> None:
     assert series["intent_deliveries_total"] == {"destination", "outcome"}
     assert "intent_ingest_queue_events" in series
     assert "intent_events_ingested" not in series  # counters are exposed with _total
+    assert series["intent_pipeline_stage_seconds_bucket"] == {"stage", "le"}
+    assert series["intent_db_errors_total"] == {"operation"}
+    assert series["intent_outbox_deliveries"] == {"status"}
+    assert series["intent_outbox_oldest_pending_seconds"] == frozenset()
+    assert series["intent_destinations_off"] == frozenset()
+    assert series["intent_leads"] == {"band"}
+    assert series["intent_kafka_consumer_lag"] == {"topic", "partition"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -286,6 +317,52 @@ def test_a_query_naming_a_missing_series_or_label_is_refused() -> None:
     )
 
 
+# Gauges read from the database: every replica reports the same global figure, so they
+# are aggregated with max (or min, avg); a sum would count them once per replica, and an
+# alert on the bare series would fire once per replica.
+GLOBAL_GAUGES = (
+    "intent_outbox_deliveries",
+    "intent_outbox_oldest_pending_seconds",
+    "intent_destinations_off",
+    "intent_leads",
+)
+_SAME_ON_EVERY_REPLICA = {"max", "min", "avg"}
+
+
+def global_gauge_problems(expr: str) -> list[str]:
+    """Where ``expr`` sums a global gauge over replicas, or does not aggregate it."""
+    s = _STRING.sub('""', expr)
+    problems = []
+    for name in GLOBAL_GAUGES:
+        uses = re.findall(rf"(?<![\w:]){name}(?![\w:])", s)
+        wrappers = re.findall(
+            rf"\b(\w+)\s*(?:(?:by|without)\s*\([^()]*\)\s*)?\(\s*{name}(?![\w:])", s
+        )
+        problems += [
+            f"{name} aggregated with {w}: use max"
+            for w in wrappers
+            if w not in _SAME_ON_EVERY_REPLICA
+        ]
+        if len(wrappers) < len(uses):
+            problems.append(f"{name} not aggregated: use max")
+    return problems
+
+
+def test_global_gauge_check() -> None:
+    assert global_gauge_problems("sum(intent_destinations_off)") == [
+        "intent_destinations_off aggregated with sum: use max"
+    ]
+    assert global_gauge_problems("sum by (status) (intent_outbox_deliveries)") == [
+        "intent_outbox_deliveries aggregated with sum: use max"
+    ]
+    assert global_gauge_problems("intent_outbox_oldest_pending_seconds > 900") == [
+        "intent_outbox_oldest_pending_seconds not aggregated: use max"
+    ]
+    assert not global_gauge_problems('max by (band) (intent_leads{band="hot"})')
+    assert not global_gauge_problems("max by (job) (intent_outbox_oldest_pending_seconds) > 900")
+    assert not global_gauge_problems("sum(intent_leads_total)")  # another name
+
+
 # ---------------------------------------------------------------------------------------
 # the rules and the dashboard name only real series
 
@@ -344,6 +421,13 @@ def test_rule_unit_tests_feed_real_series() -> None:
     assert not problems, "\n".join(problems)
 
 
+def test_global_gauges_are_never_summed_over_replicas() -> None:
+    tested = [(where, e) for where, e in rule_test_expressions() if where.endswith(" expr")]
+    exprs = [*rule_expressions(), *tested, *dashboard_expressions()]
+    problems = [f"{where}: {p}" for where, e in exprs for p in global_gauge_problems(e)]
+    assert not problems, "\n".join(problems)
+
+
 def test_dashboard_names_only_real_series_and_labels() -> None:
     known = known_series()
     exprs = list(dashboard_expressions())
@@ -373,6 +457,19 @@ def test_dashboard_panels() -> None:
     assert "rate(intent_events_ingested_total[" in exprs
     assert 'intent_deliveries_total{outcome="failed"}' in exprs
     assert 'intent_decisions_total{type="lead.routed"}' in exprs  # hot leads per minute
+    # Kafka consumer lag, by topic and by partition
+    assert "sum by (topic) (intent_kafka_consumer_lag)" in exprs
+    assert "by (topic, partition) (intent_kafka_consumer_lag)" in exprs
+    # the outbox: oldest pending age, depth (pending / parked), destinations off
+    assert "max(intent_outbox_oldest_pending_seconds)" in exprs
+    assert "max by (status) (intent_outbox_deliveries)" in exprs
+    assert "max(intent_destinations_off)" in exprs
+    assert "max by (band) (intent_leads)" in exprs  # leads by band
+    assert (  # per-stage p99
+        "histogram_quantile(0.99, sum by (stage, le) "
+        "(rate(intent_pipeline_stage_seconds_bucket[$__rate_interval])))"
+    ) in exprs
+    assert "rate(intent_db_errors_total[" in exprs
 
 
 def test_grafana_provisioning_matches_the_dashboard_and_compose() -> None:
@@ -646,4 +743,7 @@ async def test_a_live_scrape_passes_promtool_and_matches_the_registry(tmp_path: 
         "intent_deliveries_total",
         "intent_decisions_total",
         "intent_event_to_webhook_seconds_bucket",
+        "intent_pipeline_stage_seconds_bucket",
+        "intent_outbox_oldest_pending_seconds",
+        "intent_destinations_off",
     } <= seen
