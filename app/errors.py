@@ -4,6 +4,24 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel, Field
+
+
+class ErrorBody(BaseModel):
+    """The body of every error response: a stable ``code`` and a human ``message``."""
+
+    code: str = Field(description="stable and machine-readable, e.g. invalid_input")
+    message: str = Field(description="for a human")
+    field: str | None = Field(default=None, description="the offending field, when there is one")
+    errors: list[dict[str, Any]] | None = Field(
+        default=None, description="every problem found, when there was more than one to report"
+    )
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses, each with the ``ErrorBody`` schema."""
+    return {status: {"model": ErrorBody} for status in statuses}
+
 
 class AppError(Exception):
     status = 400

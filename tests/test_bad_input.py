@@ -465,6 +465,18 @@ async def test_accounts_csv_unknown_column(svc: Service) -> None:
     assert err["field"] == "sales_rep"
 
 
+async def test_accounts_csv_the_parser_refuses_is_4xx_not_500(svc: Service) -> None:
+    # Found by schemathesis: csv.Error escaped as a 500.
+    stray_cr = b"c\x04\r\xc2\xb1"
+    r = await svc.client.put("/v1/accounts", content=stray_cr, headers={"content-type": "text/csv"})
+    assert r.status_code in (400, 422), r.text
+    huge_field = b"domain,name\nacme.com," + b"x" * 200_000 + b"\n"
+    r = await svc.client.put(
+        "/v1/accounts", content=huge_field, headers={"content-type": "text/csv"}
+    )
+    error(r, 400, "malformed_csv")
+
+
 async def test_accounts_csv_huge_employees_is_422(svc: Service) -> None:
     csv = b"domain,tier,employees\nacme.com,tier_1,99999999999999999999\n"
     r = await svc.client.put("/v1/accounts", content=csv, headers={"content-type": "text/csv"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import time
 from typing import Annotated, Any, Literal
 
@@ -20,7 +21,7 @@ from app.db import deliveries, destinations, dumps, leads, policies
 from app.delivery import dispatcher as dispatch
 from app.delivery import formats, signing
 from app.delivery.destinations import FILTER_KEYS, destination_from_row
-from app.errors import Conflict, InvalidInput, MalformedBody, NotFound
+from app.errors import Conflict, InvalidInput, MalformedBody, NotFound, error_responses
 from app.ingest.http import parse_json, read_body
 from app.ingest.schemas import first_error
 from app.matching.abm import parse_csv, upsert_accounts, validate_rows
@@ -31,6 +32,8 @@ from app.scoring.state import lead_from_row
 
 router = APIRouter()
 MAX_ADMIN_BODY = 32 * 1024 * 1024
+# Routes that read a body also answer 400 (not JSON/YAML) and 413 (too large).
+BODY_ERRORS = {**ERRORS, **error_responses(400, 413)}
 
 
 # -- accounts -------------------------------------------------------------------------
@@ -43,7 +46,7 @@ class AccountsImported(BaseModel):
     operation_id="importAccounts",
     summary="Bulk upsert ABM accounts (JSON or CSV)",
     response_model=AccountsImported,
-    responses=ERRORS,
+    responses=BODY_ERRORS,
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -73,7 +76,12 @@ async def import_accounts(
     body = await read_body(request, MAX_ADMIN_BODY)
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype in ("text/csv", "application/csv"):
-        items: Any = parse_csv(body.decode("utf-8-sig", errors="replace"))
+        try:
+            items: Any = parse_csv(body.decode("utf-8-sig", errors="replace"))
+        except csv.Error as exc:  # a stray carriage return, a field over the size limit
+            raise MalformedBody(
+                f"the body is not valid CSV: {exc}", code="malformed_csv", field="body"
+            ) from None
     else:
         data = parse_json(body)
         items = data.get("accounts") if isinstance(data, dict) else data
@@ -264,7 +272,7 @@ async def _impact(
     operation_id="putPolicy",
     summary="Validate and apply a new policy version (or preview it with dry_run=true)",
     response_model=PolicyView | DryRun,
-    responses=ERRORS,
+    responses=BODY_ERRORS,
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -409,7 +417,7 @@ async def _body_model(request: Request, model: type[BaseModel], *, optional: boo
     status_code=201,
     summary="Add a webhook destination; its signing secret is shown once",
     response_model=DestinationView,
-    responses={**ERRORS, 409: {}},
+    responses={**BODY_ERRORS, **error_responses(409)},
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -494,7 +502,7 @@ async def get_destination(
     operation_id="updateDestination",
     summary="Change a destination's name, url, format, filter or enabled flag",
     response_model=DestinationView,
-    responses=ERRORS,
+    responses=BODY_ERRORS,
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -672,7 +680,7 @@ class RotateSecretIn(BaseModel):
     operation_id="rotateDestinationSecret",
     summary="Replace the signing secret (shown once); the old one keeps signing for a while",
     response_model=DestinationView,
-    responses=ERRORS,
+    responses=BODY_ERRORS,
     openapi_extra={
         "requestBody": {
             "required": False,
@@ -723,7 +731,7 @@ class Redriven(BaseModel):
     summary="Send a destination's dead-lettered deliveries of a time range again",
     response_model=Redriven,
     status_code=202,
-    responses={**ERRORS, 409: {}},
+    responses={**BODY_ERRORS, **error_responses(409)},
     openapi_extra={
         "requestBody": {
             "required": True,

@@ -27,7 +27,7 @@ from app.api.views import (
 from app.auth import ReadKey
 from app.clock import iso
 from app.db import accounts, decisions, deliveries, delivery_attempts, identities, leads
-from app.errors import InvalidInput, NotFound
+from app.errors import InvalidInput, NotFound, error_responses
 from app.ingest.schemas import normalise_domain
 from app.policy.schema import CompiledPolicy
 from app.scoring.decay import clamp, raw_intent, signal_scores
@@ -35,7 +35,7 @@ from app.scoring.engine import evaluate
 from app.scoring.state import AccountState, LeadState, _accs, account_from_row, lead_from_row
 
 router = APIRouter()
-ERRORS: dict[int | str, dict[str, Any]] = {401: {}, 403: {}, 404: {}, 422: {}}
+ERRORS = error_responses(401, 403, 404, 422)
 
 
 def _score(

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from app.auth import IngestKey, SegmentKey, authenticate
-from app.errors import AppError, InvalidInput, MalformedBody, PayloadTooLarge
+from app.errors import AppError, InvalidInput, MalformedBody, PayloadTooLarge, error_responses
 from app.ingest.schemas import (
     EVENT_ADAPTER,
     MAX_BATCH_EVENTS,
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 SEGMENT_MAX_DECOMPRESSED = 16 * MAX_BODY_BYTES
+INGEST_ERRORS = error_responses(400, 401, 403, 413, 422, 429, 503)
 
 
 class EventResult(BaseModel):
@@ -156,7 +157,7 @@ def _response(slots: list[EventStatus | None], statuses: list[EventStatus]) -> R
     operation_id="ingestEvents",
     summary="Ingest one event or a batch of up to 1,000",
     response_model=IngestResponse,
-    responses={400: {}, 401: {}, 403: {}, 413: {}, 422: {}, 429: {}, 503: {}},
+    responses=INGEST_ERRORS,
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -270,11 +271,41 @@ async def _segment(request: Request, kind: str | None, key_name: str) -> Segment
 SEGMENT_DOC = {
     "summary": "Segment-compatible",
     "response_model": SegmentResponse,
-    "responses": {400: {}, 401: {}, 403: {}, 413: {}, 422: {}, 429: {}, 503: {}},
+    "responses": INGEST_ERRORS,
+}
+# The fields the mapping reads (segment.py); Segment sends more, which are ignored.
+SEGMENT_MESSAGE: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "type": {"type": "string", "description": "track, identify, page, screen, group, alias"},
+        **{k: {"type": "string"} for k in ("messageId", "userId", "anonymousId", "groupId")},
+        **{k: {"type": "string"} for k in ("previousId", "event", "name")},
+        **{k: {"type": "object"} for k in ("properties", "traits", "context")},
+        **{
+            k: {"type": "string", "format": "date-time"}
+            for k in ("timestamp", "originalTimestamp", "sentAt")
+        },
+    },
 }
 
 
-@router.post("/segment/v1/batch", operation_id="segmentBatch", **SEGMENT_DOC)  # type: ignore[arg-type]
+def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    content = {"application/json": {"schema": schema}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+@router.post(
+    "/segment/v1/batch",
+    operation_id="segmentBatch",
+    openapi_extra=_json_body(
+        {
+            "type": "object",
+            "properties": {"batch": {"type": "array", "items": SEGMENT_MESSAGE}},
+            "required": ["batch"],
+        }
+    ),
+    **SEGMENT_DOC,  # type: ignore[arg-type]
+)
 async def segment_batch(request: Request, key: SegmentKey) -> SegmentResponse:
     """Segment HTTP Tracking API batch (what the SDKs send)."""
     return await _segment(request, None, key.name)
@@ -290,6 +321,7 @@ def _single(kind: str) -> None:
         handler,
         methods=["POST"],
         operation_id=f"segment_{kind}",
+        openapi_extra=_json_body(SEGMENT_MESSAGE),
         **SEGMENT_DOC,  # type: ignore[arg-type]
     )
 
