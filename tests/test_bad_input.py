@@ -477,6 +477,14 @@ async def test_accounts_csv_the_parser_refuses_is_4xx_not_500(svc: Service) -> N
     error(r, 400, "malformed_csv")
 
 
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n", b"\r"])
+async def test_accounts_csv_with_any_line_ending_imports(svc: Service, newline: bytes) -> None:
+    csv = newline.join([b"domain,name,tier", b"acme.com,Acme,tier_1", b'globex.com,"Glo, Bex",'])
+    r = await svc.client.put("/v1/accounts", content=csv, headers={"content-type": "text/csv"})
+    assert r.status_code == 200, r.text
+    assert (await svc.client.get("/v1/accounts/globex.com")).json()["name"] == "Glo, Bex"
+
+
 async def test_accounts_csv_huge_employees_is_422(svc: Service) -> None:
     csv = b"domain,tier,employees\nacme.com,tier_1,99999999999999999999\n"
     r = await svc.client.put("/v1/accounts", content=csv, headers={"content-type": "text/csv"})

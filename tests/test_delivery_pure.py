@@ -243,6 +243,10 @@ def test_parse_retry_after_asctime_date_is_gmt_on_any_host(new_york: None) -> No
         "http://[::ffff:10.0.0.1]/",
         "http://[fe80::1]/",
         "http://[fc00::1]/",
+        "https://[2002:7f00:1::]/",  # 6to4 carrying 127.0.0.1
+        "https://[2002:a9fe:a9fe::1]/",  # 6to4 carrying 169.254.169.254
+        "https://[64:ff9b::a9fe:a9fe]/",  # NAT64 carrying 169.254.169.254
+        "https://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/",  # Teredo
         "http://0.0.0.0/",
         "http://[::]/",
         "http://224.0.0.1/",
@@ -276,6 +280,7 @@ async def test_refuses_private_loopback_link_local_and_odd_urls(url: str) -> Non
         "https://93.184.216.34/hook",
         "https://93.184.216.34:8443/hook?x=1",
         "https://[2606:2800:220:1:248:1893:25c8:1946]/hook",
+        "https://[2002:5db8:d822::1]/hook",  # 6to4 carrying the public 93.184.216.34
     ],
 )
 async def test_public_literal_ips_pass(url: str) -> None:

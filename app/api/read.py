@@ -337,33 +337,39 @@ async def list_decisions(
 
 
 async def deliveries_for(session: AsyncSession, decision_id: str) -> list[DeliveryView]:
+    # One statement, so a delivery and its attempts are read as of the same moment.
+    a = delivery_attempts
     rows = (
         await session.execute(
-            select(deliveries)
+            select(
+                deliveries,
+                a.c.attempt.label("a_attempt"),
+                a.c.started_at.label("a_started_at"),
+                a.c.status_code.label("a_status_code"),
+                a.c.latency_ms.label("a_latency_ms"),
+                a.c.error.label("a_error"),
+            )
+            .outerjoin(a, a.c.delivery_id == deliveries.c.id)
             .where(deliveries.c.decision_id == decision_id)
-            .order_by(deliveries.c.created_at)
-        )
-    ).all()
-    if not rows:
-        return []
-    attempts = (
-        await session.execute(
-            select(delivery_attempts)
-            .where(delivery_attempts.c.delivery_id.in_([r.id for r in rows]))
-            .order_by(delivery_attempts.c.id)
+            .order_by(deliveries.c.created_at, deliveries.c.id, a.c.id)
         )
     ).all()
     by_delivery: dict[str, list[DeliveryAttemptView]] = {}
-    for a in attempts:
-        by_delivery.setdefault(a.delivery_id, []).append(
-            DeliveryAttemptView(
-                attempt=a.attempt,
-                started_at=iso(a.started_at),
-                status_code=a.status_code,
-                latency_ms=round(a.latency_ms, 3),
-                error=a.error,
+    firsts: dict[str, Any] = {}
+    for r in rows:
+        firsts.setdefault(r.id, r)
+        history = by_delivery.setdefault(r.id, [])
+        if r.a_attempt is not None:
+            history.append(
+                DeliveryAttemptView(
+                    attempt=r.a_attempt,
+                    started_at=iso(r.a_started_at),
+                    status_code=r.a_status_code,
+                    latency_ms=round(r.a_latency_ms, 3),
+                    error=r.a_error,
+                )
             )
-        )
+    rows = list(firsts.values())
     return [
         DeliveryView(
             id=r.id,

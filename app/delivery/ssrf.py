@@ -23,6 +23,7 @@ from app.errors import InvalidInput
 
 METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata", "instance-data"})
 CGNAT = ipaddress.ip_network("100.64.0.0/10")
+NAT64 = ipaddress.ip_network("64:ff9b::/96")  # well-known prefix: the last 32 bits are IPv4
 CACHE_SECONDS = 5.0  # short: a validated answer is safe to reuse, a stale one only fails
 MAX_ADDRESSES = 4  # of a name's addresses, how many a send tries before it fails
 
@@ -41,8 +42,16 @@ async def system_resolver(host: str, port: int) -> list[str]:
 
 
 def _is_public(ip: IP) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return _is_public(ip.ipv4_mapped)
+    if isinstance(ip, ipaddress.IPv6Address):
+        # IPv6 forms that carry an IPv4 address: judged by the address they carry.
+        if ip.ipv4_mapped is not None:
+            return _is_public(ip.ipv4_mapped)
+        if ip.sixtofour is not None and not _is_public(ip.sixtofour):
+            return False
+        if ip.teredo is not None and not all(_is_public(a) for a in ip.teredo):
+            return False
+        if ip in NAT64 and not _is_public(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)):
+            return False
     if isinstance(ip, ipaddress.IPv4Address) and ip in CGNAT:
         return False
     return not (

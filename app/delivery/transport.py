@@ -87,7 +87,9 @@ class _Conn:
 
 class LeanTransport(httpx.AsyncBaseTransport):
     def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
-        self._ssl = ssl_context or ssl.create_default_context()
+        # Made on the first https connection, off the event loop: loading the system's
+        # CA certificates takes tens of milliseconds, and plain-http endpoints never need it.
+        self._ssl = ssl_context
         self._idle: dict[tuple[str, str, int, str | None], list[_Conn]] = {}
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -131,6 +133,8 @@ class LeanTransport(httpx.AsyncBaseTransport):
         raise httpx.ReadError("connection failed twice", request=request)
 
     async def _open(self, host: str, port: int, https: bool, sni: str | None) -> _Conn:
+        if https and self._ssl is None:
+            self._ssl = await asyncio.to_thread(ssl.create_default_context)
         try:
             reader, writer = await asyncio.open_connection(
                 host,

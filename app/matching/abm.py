@@ -55,7 +55,7 @@ class AccountImport(BaseModel):
 
 def parse_csv(text: str) -> list[dict[str, Any]]:
     """CSV with a header row; empty cells mean "not given"."""
-    reader = csv.DictReader(io.StringIO(text))
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     if reader.fieldnames is None:
         raise InvalidInput("the CSV is empty", field="body")
     header = [h.strip().lower() for h in reader.fieldnames]
