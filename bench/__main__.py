@@ -14,7 +14,10 @@ and the service, import ABM accounts, register the receiver as a destination, th
    receiver by ``data.trigger_event_id`` to the time the event was sent;
 4. event → webhook, realistic mix: 500 events/s where 1 in 20 makes a new lead hot and
    the rest are ordinary traffic of the pool's leads (site visits, email opens, …; no
-   demo requests), timed for the routed events only.
+   demo requests), timed for the routed events only;
+D. delivery throughput with a dead endpoint (``bench.delivery_phase``): 9 healthy
+   destinations, then the same plus one that never answers, each run on a fresh service
+   (``--only delivery`` runs just this phase).
 
 Then, when a Kafka broker is available (see ``bench.kafka_phases``), Kafka mode — the
 service with ``INTENT_KAFKA_BOOTSTRAP`` set, still on an embedded SQLite database, with a
@@ -55,7 +58,7 @@ from typing import Any
 import httpx
 import orjson
 
-from bench import kafka_phases, phases, profile
+from bench import delivery_phase, kafka_phases, phases, profile
 from bench.http1 import Http1Pool
 from bench.procs import (
     ROOT,
@@ -98,6 +101,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--baseline-seconds", type=float, default=4.0, help="0 skips the baseline")
     p.add_argument("--mix-seconds", type=float, default=15.0, help="phase 4; 0 skips it")
     p.add_argument("--mix-every", type=int, default=20, help="1 in N events routes (4, 7)")
+    p.add_argument("--delivery-rate", type=float, default=100.0, help="phase D events/s")
+    # Past the service's 60 s delivery lease: a dead endpoint's backlog changes after it.
+    p.add_argument("--delivery-seconds", type=float, default=70.0, help="phase D, per run")
+    p.add_argument("--only", choices=("delivery",), help="run only this phase")
     p.add_argument("--no-kafka", action="store_true", help="skip the Kafka phases")
     p.add_argument("--kafka-raw-events", type=int, default=200_000, help="phase 5 messages")
     p.add_argument("--kafka-events", type=int, default=100_000, help="phase 6 backlog")
@@ -116,6 +123,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.single_seconds, args.latency_seconds, args.baseline_seconds = 3.0, 5.0, 2.0
         args.mix_seconds, args.kafka_raw_events, args.kafka_events = 5.0, 50_000, 20_000
         args.kafka_seconds, args.kafka_strict_seconds = 4.0, 2.0
+        args.delivery_seconds = 20.0
     if args.mix_every < 1:
         p.error("--mix-every must be at least 1")
     if args.profile and not profile.available():
@@ -247,12 +255,7 @@ class Bench:
             line("INTENT_* settings passed to the service", ", ".join(extra))
         if any(k.startswith("INTENT_KAFKA_") for k in intent):
             line("INTENT_KAFKA_* from the environment", "", "not used by phases 1-4")
-        self.receiver = Child(
-            "receiver",
-            [sys.executable, "-m", "bench.receiver"],
-            env=dict(os.environ),
-            workdir=workdir,
-        )
+        self.spawn_receiver()
         # Serialise the batch bodies while the service migrates and starts.
         n = args.warmup_events + args.events
         t0 = time.perf_counter()
@@ -273,6 +276,26 @@ class Bench:
         line("webhook receiver (own process)", f"pid {self.receiver.pid}", f"port {self.rec_port}")
         line("batch bodies serialised", f"{len(bodies)}", f"in {time.perf_counter() - t0:.1f} s")
         return bodies
+
+    def spawn_receiver(self) -> None:
+        self.receiver = Child(
+            "receiver",
+            [sys.executable, "-m", "bench.receiver"],
+            env=dict(os.environ),
+            workdir=self.workdir,
+        )
+
+    async def start_receiver(self) -> None:
+        """The receiver alone (``--only``): no service, no batch bodies."""
+        header("Set-up")
+        line("cores on this machine", str(os.cpu_count()))
+        line("code under test", self.version)
+        self.spawn_receiver()
+        port_line = await self.receiver.wait_for_stdout(PORT_RE, "its port", 20)
+        self.rec_port = int(port_line.group(1))
+        await wait_http_ok(f"http://127.0.0.1:{self.rec_port}/count", self.receiver, 20)
+        self.rec = httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.rec_port}", timeout=30)
+        line("webhook receiver (own process)", f"pid {self.receiver.pid}", f"port {self.rec_port}")
 
     async def start_service(self, name: str, env: dict[str, str], *, fresh: bool) -> None:
         """Start ``intent-router serve`` on a free port; ``fresh``: a new database, whose
@@ -845,8 +868,17 @@ class Bench:
                 drain=30.0,
             )
 
+    async def delivery_phase(self) -> None:
+        await delivery_phase.run(self, lambda db: service_env(self.workdir, db))
+
     async def run(self) -> int:
         try:
+            if self.args.only == "delivery":
+                await self.start_receiver()
+                await self.delivery_phase()
+                self.summary.print()
+                await asyncio.to_thread(self.receiver.stop, 5.0)
+                return 1 if self.summary.failed else 0
             bodies = await self.start()
             await self.setup()
             await self.batch_phase(bodies)
@@ -856,6 +888,7 @@ class Bench:
             await self.mix_phase()
             header("Embedded-mode service: shutdown")
             await self.stop_service()
+            await self.delivery_phase()
             if not self.args.no_kafka:
                 await self.kafka()
             self.summary.print()
