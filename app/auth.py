@@ -12,11 +12,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.clock import new_id
 from app.db import api_keys
-from app.errors import Forbidden, InvalidInput, Unauthenticated
+from app.errors import Forbidden, InvalidInput, Unauthenticated, Unavailable
 
 SCOPES = ("ingest", "read", "admin", "feedback")
 KEY_PREFIX = "ir_"
@@ -77,14 +78,21 @@ class KeyStore:
         hit = self._cache.get(digest)
         if hit is not None and time.monotonic() - hit[0] < CACHE_SECONDS:
             return hit[1]
-        async with self._sessionmaker() as session:
-            row = (
-                await session.execute(
-                    select(api_keys).where(
-                        api_keys.c.key_hash == digest, api_keys.c.revoked_at.is_(None)
+        try:
+            async with self._sessionmaker() as session:
+                row = (
+                    await session.execute(
+                        select(api_keys).where(
+                            api_keys.c.key_hash == digest, api_keys.c.revoked_at.is_(None)
+                        )
                     )
-                )
-            ).first()
+                ).first()
+        except (OSError, DBAPIError) as exc:
+            # The database is down: the request is refused as a whole and may be retried.
+            raise Unavailable(
+                f"API keys cannot be checked ({type(exc).__name__}); retry",
+                headers={"Retry-After": "1"},
+            ) from exc
         found = ApiKey(row.id, row.name, frozenset(row.scopes.split(","))) if row else None
         if len(self._cache) > 10_000:
             self._cache.clear()
