@@ -205,6 +205,7 @@ deliveries = Table(
     Index("ix_deliveries_status_next", "status", "next_attempt_at"),
     Index("ix_deliveries_decision_id", "decision_id"),
     Index("ix_deliveries_lane", "destination_id", "order_key", "seq"),
+    Index("ix_deliveries_destination_due", "destination_id", "status", "next_attempt_at"),
 )
 
 delivery_attempts = Table(

@@ -473,12 +473,6 @@ class SlowReceiver:
         return Response(status_code=204)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Dispatcher.stop cancels its write loop while that loop is recording the "
-    "attempt that just finished, and the outcome is dropped: the delivery stays pending "
-    "with 0 attempts and is sent again once its lease expires (app/delivery/dispatcher.py)",
-)
 async def test_sigterm_lets_the_webhook_in_flight_finish_and_records_it(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path}/intent.db"
     hook = SlowReceiver(delay=1.5)

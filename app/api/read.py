@@ -35,7 +35,8 @@ from app.scoring.engine import evaluate
 from app.scoring.state import AccountState, LeadState, _accs, account_from_row, lead_from_row
 
 router = APIRouter()
-ERRORS = error_responses(401, 403, 404, 422)
+# 503: the database is unreachable (the key lookup or the query); retry after Retry-After.
+ERRORS = error_responses(401, 403, 404, 422, 503)
 
 
 def _score(

@@ -97,15 +97,19 @@ class Dispatcher:
         self._clients: dict[str, httpx.AsyncClient] = {}
         self._concurrency = concurrency
         self._limits: dict[str, asyncio.Semaphore] = {}
-        # Jobs held per destination (queued or in flight); the poller tops this up to
-        # ``_queue_cap`` at most, so a dead endpoint's backlog stays in the database.
+        # Jobs held per destination (queued or in flight), at most ``_queue_cap``: what a
+        # slow or dead endpoint cannot take yet waits in the database, unclaimed (the
+        # pipeline's claims on it are released), and the poller tops the queue up.
         self._held: Counter[str] = Counter()
         self._queue_cap = concurrency * 4
+        self._release: list[str] = []  # delivery ids whose claim we give back
+        self._backlogged: set[str] = set()  # destinations with deliveries given back
         # Lanes with a delivery waiting in the database behind one of ours.
         self._waiting: set[tuple[str, str]] = set()
         self._inflight: set[asyncio.Task[None]] = set()
         self._results: list[Outcome] = []
         self._results_ready = asyncio.Event()
+        self._writing = asyncio.Lock()  # held while results are written
         self._tasks: list[asyncio.Task[None]] = []
         self._poll_now = asyncio.Event()
         self.running = False
@@ -123,8 +127,10 @@ class Dispatcher:
         self.running = False
         if self._inflight:
             await asyncio.wait(self._inflight, timeout=grace)
+        async with self._writing:  # never cancel the writer in the middle of a write
+            for task in self._tasks:
+                task.cancel()
         for task in self._tasks:
-            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._flush()
@@ -141,6 +147,11 @@ class Dispatcher:
         if waiting:
             self._waiting |= waiting
         for d in new:
+            if self._held[d.destination_id] >= self._queue_cap:
+                self._release.append(d.id)
+                self._backlogged.add(d.destination_id)
+                self._results_ready.set()  # the writer gives the claims back
+                continue
             self._start(
                 Job(
                     d.id,
@@ -181,16 +192,10 @@ class Dispatcher:
             or_(deliveries.c.locked_until.is_(None), deliveries.c.locked_until < now),
         ]
         jobs: list[Job] = []
+        known = await self._destinations.all()
+        dest_ids = [d.id for d in known.values() if d.enabled]
         async with self._sessionmaker() as session, session.begin():
             pg = dialect_of(session) == "postgresql"
-            dest_ids = (
-                await session.scalars(
-                    select(deliveries.c.destination_id)
-                    .join(destinations, destinations.c.id == deliveries.c.destination_id)
-                    .where(*due, destinations.c.enabled.is_(True))
-                    .distinct()
-                )
-            ).all()
             earlier = deliveries.alias("earlier")
             for dest_id in dest_ids:
                 room = self._queue_cap - self._held[dest_id]
@@ -270,6 +275,10 @@ class Dispatcher:
             self._record(outcome)
         finally:
             self._held[job.destination_id] -= 1
+            dest_id = job.destination_id
+            if dest_id in self._backlogged and self._held[dest_id] <= self._queue_cap // 2:
+                self._backlogged.discard(dest_id)
+                self.poke()  # room again: claim what was given back
 
     async def _attempt(self, job: Job, dest: Destination | None) -> Outcome:
         started = self._clock.now()
@@ -372,7 +381,8 @@ class Dispatcher:
             await self._results_ready.wait()
             self._results_ready.clear()
             try:
-                await self._flush()
+                async with self._writing:
+                    await self._flush()
             except Exception as exc:
                 log.exception("recording delivery results failed; will retry")
                 metrics.count_db_error("delivery_record", exc)
@@ -380,12 +390,24 @@ class Dispatcher:
                 self._results_ready.set()
 
     async def _flush(self) -> None:
+        if self._release:
+            released, self._release = self._release, []
+            try:
+                async with self._sessionmaker() as session, session.begin():
+                    await session.execute(
+                        update(deliveries)
+                        .where(deliveries.c.id.in_(released))
+                        .values(locked_until=None)
+                    )
+            except Exception:
+                self._release = released + self._release
+                raise
         if not self._results:
             return
         batch, self._results = self._results, []
         try:
             await self._write(batch)
-        except Exception:
+        except BaseException:  # cancelled too: keep them for the final flush
             self._results = batch + self._results
             raise
 

@@ -22,6 +22,11 @@ def upgrade() -> None:
         batch_op.create_index(
             "ix_deliveries_lane", ["destination_id", "order_key", "seq"], unique=False
         )
+        batch_op.create_index(
+            "ix_deliveries_destination_due",
+            ["destination_id", "status", "next_attempt_at"],
+            unique=False,
+        )
     with op.batch_alter_table("destinations", schema=None) as batch_op:
         batch_op.add_column(sa.Column("failing_since", sa.Float(), nullable=True))
 
@@ -30,6 +35,7 @@ def downgrade() -> None:
     with op.batch_alter_table("destinations", schema=None) as batch_op:
         batch_op.drop_column("failing_since")
     with op.batch_alter_table("deliveries", schema=None) as batch_op:
+        batch_op.drop_index("ix_deliveries_destination_due")
         batch_op.drop_index("ix_deliveries_lane")
         batch_op.drop_column("seq")
         batch_op.drop_column("order_key")
