@@ -63,6 +63,10 @@ policies = Table(
     Column("created_at", Float, nullable=False),
     Column("created_by", String(200)),
     Column("comment", Text),
+    # "active" versions are applied in order (the newest is in force); a "proposed" one
+    # (from calibration) waits for a human to apply it. Its report says what it changes.
+    Column("status", String(20), nullable=False, default="active"),
+    Column("report", Text),
 )
 
 events = Table(
@@ -155,7 +159,21 @@ decisions = Table(
     Column("event_received_at", Float),
     Column("created_at", Float, nullable=False),
     Column("payload", Text, nullable=False),
+    # Where the lead came from (first touch), for the scorecard.
+    Column("source", String(200)),
+    Column("campaign", String(200)),
+    # The record the CRM made for this decision, once it says so in feedback.
+    Column("crm_id", String(200)),
+    # The latest disposition (accepted | rejected | opportunity | won | lost) and when
+    # sales first accepted; the full history is in ``dispositions``.
+    Column("disposition", String(20)),
+    Column("accepted_at", Float),
+    # SLA of the routing rule: accept by ``sla_due_at``; pending | met | missed.
+    Column("sla_due_at", Float),
+    Column("sla_status", String(20)),
     Index("ix_decisions_lead_id", "lead_id"),
+    Index("ix_decisions_crm_id", "crm_id"),
+    Index("ix_decisions_sla", "sla_status", "sla_due_at"),
     Index("ix_decisions_account_domain", "account_domain"),
     Index("ix_decisions_created_at", "created_at"),
 )
@@ -180,6 +198,25 @@ destinations = Table(
     Column("previous_secret_expires_at", Float),
     # Start of the current run of failed attempts (no success since); None when healthy.
     Column("failing_since", Float),
+)
+
+dispositions = Table(
+    "dispositions",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("decision_id", String(40), nullable=False),
+    Column("lead_id", String(320)),
+    Column("status", String(20), nullable=False),  # accepted|rejected|opportunity|won|lost
+    Column("reason", String(100)),  # rejected: one of the policy's rejection reasons
+    Column("note", Text),
+    Column("value", Float),  # opportunity / won: its value
+    Column("crm_id", String(200)),
+    # The client's idempotency key (header Idempotency-Key), else a digest of the body.
+    Column("idempotency_key", String(200), nullable=False, unique=True),
+    Column("created_at", Float, nullable=False),
+    Column("created_by", String(200)),
+    Index("ix_dispositions_decision_id", "decision_id"),
+    Index("ix_dispositions_lead_id", "lead_id"),
 )
 
 deliveries = Table(

@@ -228,6 +228,11 @@ async def _route(
         )
         payload = orjson.dumps(body)
         row["payload"] = payload.decode()
+        row["source"] = holder.source if c.kind == "lead" else None
+        row["campaign"] = c.ctx.get("event", {}).get("campaign")
+        sla = rule.sla if rule is not None else None
+        row["sla_due_at"] = now + sla.accept_within if sla else None
+        row["sla_status"] = "pending" if sla else None
         routed.append((row, payload, rule.destinations if rule else None))
         holder.last_decision_at = now
         holder.last_decision_tier = c.tier

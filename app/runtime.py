@@ -166,7 +166,13 @@ class Runtime:
             await asyncio.sleep(POLICY_REFRESH_SECONDS)
             try:
                 async with self.sessionmaker() as session:
-                    newest = (await session.execute(select(func.max(policies.c.version)))).scalar()
+                    newest = (
+                        await session.execute(
+                            select(func.max(policies.c.version)).where(
+                                policies.c.status == "active"
+                            )
+                        )
+                    ).scalar()
                     if self.policy is None or (newest and newest != self.policy.version):
                         policy = await active_policy(session)
                         if policy is not None:

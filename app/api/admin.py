@@ -101,10 +101,18 @@ class PolicyVersionView(BaseModel):
     created_at: str | None
     created_by: str | None
     comment: str | None
+    status: str = Field(
+        default="active",
+        description='"active" (applied; the newest is in force) or "proposed" (from '
+        "calibration, waiting for review: apply it with PUT /v1/policy)",
+    )
 
 
 class PolicyView(PolicyVersionView):
     policy: dict[str, Any]
+    report: dict[str, Any] | None = Field(
+        default=None, description="for a proposed version: what it would change and why"
+    )
 
 
 class PolicyVersions(BaseModel):
@@ -126,7 +134,9 @@ def _policy_view(r: Any) -> PolicyView:
         created_at=iso(r.created_at),
         created_by=r.created_by,
         comment=r.comment,
+        status=r.status,
         policy=orjson.loads(r.document),
+        report=orjson.loads(r.report) if r.report else None,
     )
 
 
@@ -140,7 +150,12 @@ def _policy_view(r: Any) -> PolicyView:
 async def get_policy(
     key: ReadKey, session: SessionDep, version: Annotated[int | None, Query(ge=1)] = None
 ) -> PolicyView:
-    q = select(policies).order_by(policies.c.version.desc()).limit(1)
+    q = (
+        select(policies)
+        .where(policies.c.status == "active")
+        .order_by(policies.c.version.desc())
+        .limit(1)
+    )
     if version is not None:
         q = select(policies).where(policies.c.version == version)
     row = (await session.execute(q)).first()
@@ -159,7 +174,11 @@ async def get_policy(
 async def list_policy_versions(key: ReadKey, session: SessionDep) -> PolicyVersions:
     rows = await session.execute(
         select(
-            policies.c.version, policies.c.created_at, policies.c.created_by, policies.c.comment
+            policies.c.version,
+            policies.c.created_at,
+            policies.c.created_by,
+            policies.c.comment,
+            policies.c.status,
         ).order_by(policies.c.version.desc())
     )
     return PolicyVersions(
@@ -169,6 +188,7 @@ async def list_policy_versions(key: ReadKey, session: SessionDep) -> PolicyVersi
                 created_at=iso(r.created_at),
                 created_by=r.created_by,
                 comment=r.comment,
+                status=r.status,
             )
             for r in rows
         ]

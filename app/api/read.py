@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.deps import PolicyDep, RuntimeDep, SessionDep
+from app.api.feedback import dispositions_for
 from app.api.views import (
     AccountRef,
     AccountView,
@@ -23,6 +24,7 @@ from app.api.views import (
     LeadView,
     Score,
     SignalItem,
+    SlaView,
 )
 from app.auth import ReadKey
 from app.clock import iso
@@ -77,6 +79,10 @@ def decision_view(r: Any, with_payload: bool = False) -> DecisionView:
         trigger_event_id=r.trigger_event_id,
         event_received_at=iso(r.event_received_at),
         created_at=iso(r.created_at),
+        crm_id=r.crm_id,
+        disposition=r.disposition,
+        accepted_at=iso(r.accepted_at),
+        sla=SlaView(due_at=iso(r.sla_due_at), status=r.sla_status) if r.sla_status else None,
         payload=orjson.loads(r.payload) if with_payload else None,
     )
 
@@ -88,7 +94,11 @@ async def _decisions_for(
     rows = await session.execute(
         select(decisions).where(cond).order_by(decisions.c.created_at.desc()).limit(limit)
     )
-    return [decision_view(r) for r in rows]
+    views = [decision_view(r) for r in rows]
+    history = await dispositions_for(session, [v.id for v in views])
+    for v in views:
+        v.dispositions = history[v.id]
+    return views
 
 
 async def _account(session: AsyncSession, domain: str | None) -> AccountState | None:
@@ -402,4 +412,5 @@ async def get_decision(decision_id: str, key: ReadKey, session: SessionDep) -> D
         )
     view = decision_view(row, with_payload=True)
     view.deliveries = await deliveries_for(session, decision_id)
+    view.dispositions = (await dispositions_for(session, [decision_id]))[decision_id]
     return view

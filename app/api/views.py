@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class AccountRef(BaseModel):
@@ -54,6 +54,23 @@ class DeliveryView(BaseModel):
     history: list[DeliveryAttemptView] = []
 
 
+class SlaView(BaseModel):
+    due_at: str | None
+    status: str = Field(description="pending, met or missed")
+
+
+class DispositionView(BaseModel):
+    id: str
+    decision_id: str
+    lead_id: str | None
+    status: str
+    reason: str | None
+    note: str | None
+    value: float | None
+    crm_id: str | None
+    created_at: str | None
+
+
 class DecisionView(BaseModel):
     id: str
     type: str
@@ -69,6 +86,13 @@ class DecisionView(BaseModel):
     trigger_event_id: str | None
     event_received_at: str | None
     created_at: str | None
+    crm_id: str | None = None
+    disposition: str | None = Field(
+        default=None, description="the latest: accepted, rejected, opportunity, won or lost"
+    )
+    accepted_at: str | None = None
+    sla: SlaView | None = None
+    dispositions: list[DispositionView] = []
     payload: dict[str, Any] | None = None
     deliveries: list[DeliveryView] = []
 

@@ -96,6 +96,15 @@ class RuleWhen(_Strict):
     conditions: list[Condition] = []
 
 
+class Sla(_Strict):
+    """Sales must accept a decision of this rule within ``accept_within``; when they do
+    not, the decision escalates to ``escalate_to`` and a ``lead.sla_missed`` webhook
+    goes out."""
+
+    accept_within: Duration
+    escalate_to: Literal["next_rep", "team_lead", "fallback_queue"] = "fallback_queue"
+
+
 class RoutingRule(_Strict):
     name: str
     kind: Literal["lead", "account"] = "lead"
@@ -104,6 +113,7 @@ class RoutingRule(_Strict):
     assignment: Literal["account_owner", "round_robin", "fixed"] = "round_robin"
     assignee: str | None = None
     destinations: list[str] | None = None
+    sla: Sla | None = None
 
 
 class Surge(_Strict):
@@ -128,9 +138,13 @@ class Team(_Strict):
     members: list[str] = []
     daily_cap: int | None = Field(default=None, ge=1)
     assignee: str | None = None  # who `fixed` assignment picks when the rule names nobody
+    lead: str | None = None  # the team lead: where an SLA escalation to team_lead goes
 
 
 class Feedback(_Strict):
+    # Rejections with these reasons add the lead's email domain to the named list (a new
+    # policy version), e.g. {competitor: competitors, student: students}. Off when empty.
+    learn_from_rejections: dict[str, str] = {}
     rejection_reasons: list[str] = [
         "bad_fit",
         "no_authority",

@@ -29,7 +29,12 @@ def validate_or_raise(raw: Any) -> PolicyDoc:
 
 async def active_policy(session: AsyncSession) -> CompiledPolicy | None:
     row = (
-        await session.execute(select(policies).order_by(policies.c.version.desc()).limit(1))
+        await session.execute(
+            select(policies)
+            .where(policies.c.status == "active")
+            .order_by(policies.c.version.desc())
+            .limit(1)
+        )
     ).first()
     if row is None:
         return None
@@ -45,8 +50,11 @@ async def save_version(
     created_by: str | None,
     now: float,
     comment: str | None = None,
+    status: str = "active",
+    report: str | None = None,
 ) -> CompiledPolicy:
-    """Store ``doc`` as the next version (the caller commits)."""
+    """Store ``doc`` as the next version (the caller commits); a ``proposed`` version is
+    kept for review and does not take effect."""
     current = (await session.execute(select(func.max(policies.c.version)))).scalar()
     version = (current or 0) + 1
     await session.execute(
@@ -57,6 +65,8 @@ async def save_version(
             created_at=now,
             created_by=created_by,
             comment=comment,
+            status=status,
+            report=report,
         )
     )
     return CompiledPolicy(version, doc)
