@@ -36,6 +36,7 @@ from app.migrate import upgrade
 from app.observability import metrics
 from app.policy.schema import CompiledPolicy
 from app.policy.store import active_policy, ensure_default
+from app.routing.sla import SlaTimer
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class Runtime:
         self.guard = SsrfGuard(settings.delivery_allowed_hosts)
         self.policy: CompiledPolicy | None = None
         self.dispatcher: Dispatcher | None = None
+        self.sla: SlaTimer | None = None  # runs with the dispatcher
         self.batcher = Batcher(
             self.process,
             max_events=settings.batch_max_events,
@@ -117,6 +119,14 @@ class Runtime:
                 disable_after=self.settings.delivery_disable_after_seconds,
             )
             self.dispatcher.start()
+            self.sla = SlaTimer(
+                self.sessionmaker,
+                self.clock,
+                policy=lambda: self.policy,
+                destinations=self.destinations,
+                dispatcher=self.dispatcher,
+            )
+            self.sla.start()
         self.batcher.start()
         self._tasks.append(asyncio.create_task(self._refresh_policy(), name="policy-refresh"))
         self._tasks.append(asyncio.create_task(self._sample_gauges(), name="gauges"))
@@ -152,6 +162,8 @@ class Runtime:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.sla is not None:
+            await self.sla.stop()
         if self.dispatcher is not None:
             await self.dispatcher.stop()
         await self.engine.dispose()

@@ -26,6 +26,7 @@ from app.clock import iso, new_id
 from app.db import decisions, dispositions
 from app.errors import InvalidInput, NotFound, error_responses
 from app.matching.identity import email_domain
+from app.observability import metrics
 from app.policy.schema import CompiledPolicy, PolicyDoc
 from app.policy.store import active_policy, save_version
 
@@ -243,6 +244,7 @@ async def post_feedback(
             changes["accepted_at"] = now
             if decision.sla_status == "pending":
                 changes["sla_status"] = "met" if now <= decision.sla_due_at else "missed"
+                metrics.count_sla(changes["sla_status"], decision.rule)
         await session.execute(
             update(decisions).where(decisions.c.id == decision.id).values(**changes)
         )

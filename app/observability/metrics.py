@@ -82,3 +82,18 @@ def count_db_error(operation: str, exc: BaseException) -> None:
         ("asyncpg", "sqlite3", "aiosqlite")
     ):
         DB_ERRORS.labels(operation).inc()
+
+
+SLA_MET = Counter(
+    "intent_sla_met_total", "Decisions accepted by sales within their rule's SLA", ["rule"]
+)
+SLA_MISSED = Counter(
+    "intent_sla_missed_total",
+    "Decisions not accepted within their rule's SLA (escalated, or accepted late)",
+    ["rule"],
+)
+
+
+def count_sla(status: str, rule: str) -> None:
+    """Count a decision's settled SLA (``met`` or ``missed``) against its rule."""
+    (SLA_MET if status == "met" else SLA_MISSED).labels(rule).inc()
