@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from sqlalchemy import select, update
+from sqlalchemy import Select, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.clock import Clock, iso, new_id
@@ -156,9 +156,8 @@ def build_sla_missed(
     return row, body
 
 
-async def claim_overdue(session: AsyncSession, *, now: float, limit: int) -> list[Any]:
-    """Mark up to ``limit`` overdue, unaccepted decisions missed; the rows this call won."""
-    due = (
+def _overdue(now: float) -> Select[tuple[str]]:
+    return (
         select(decisions.c.id)
         .where(
             decisions.c.sla_status == "pending",
@@ -168,8 +167,17 @@ async def claim_overdue(session: AsyncSession, *, now: float, limit: int) -> lis
             decisions.c.disposition.is_(None),
         )
         .order_by(decisions.c.sla_due_at)
-        .limit(limit)
     )
+
+
+async def any_overdue(session: AsyncSession, *, now: float) -> bool:
+    """A cheap read first, so an idle check never takes SQLite's write lock."""
+    return (await session.execute(_overdue(now).limit(1))).first() is not None
+
+
+async def claim_overdue(session: AsyncSession, *, now: float, limit: int) -> list[Any]:
+    """Mark up to ``limit`` overdue, unaccepted decisions missed; the rows this call won."""
+    due = _overdue(now).limit(limit)
     if dialect_of(session) == "postgresql":
         due = due.with_for_update(skip_locked=True)
     rows = await session.execute(
@@ -251,7 +259,7 @@ class SlaTimer:
             try:
                 await self.check_now()
             except Exception as exc:
-                log.exception("SLA check failed")
+                log.warning("SLA check failed: %s", exc)
                 metrics.count_db_error("sla_check", exc)
             await asyncio.sleep(self._interval)
 
@@ -270,7 +278,11 @@ class SlaTimer:
         if policy is None:
             return []
         now = self._clock.now()
+        async with self._sessionmaker() as session:
+            if not await any_overdue(session, now=now):
+                return []
         destinations = await self._destinations.all()
+        # The claiming UPDATE comes first: on SQLite the transaction starts as a writer.
         async with self._sessionmaker() as session, session.begin():
             missed = await claim_overdue(session, now=now, limit=BATCH)
             if not missed:
