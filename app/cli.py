@@ -1,4 +1,4 @@
-"""intent-router serve | migrate | apikey | policy | accounts | listen."""
+"""intent-router serve | migrate | apikey | policy | accounts | calibrate | listen."""
 
 from __future__ import annotations
 
@@ -226,6 +226,52 @@ def listen(
 
     app = Starlette(routes=[Route("/{path:path}", receive, methods=["POST"])])
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+def _parse_time(value: str, option: str) -> float:
+    from datetime import UTC, datetime
+
+    try:
+        at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        typer.echo(f"{option}: {value!r} is not a date or time (e.g. 2026-10-01)", err=True)
+        raise typer.Exit(2) from None
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
+
+
+@cli.command()
+def calibrate(
+    since: Annotated[str, typer.Option(help="decisions created from this date/time (UTC)")],
+    until: Annotated[str | None, typer.Option(help="and before this one (default: now)")] = None,
+    min_decisions: Annotated[
+        int, typer.Option(min=2, help="routed leads with an outcome needed to fit")
+    ] = 30,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Fit signal weights to sales outcomes; store them as a proposed version (not applied)."""
+    import time
+
+    from app.calibration import CalibrationError, Proposal, render
+    from app.calibration import calibrate as run_calibration
+
+    now = time.time()
+    start = _parse_time(since, "--since")
+    end = _parse_time(until, "--until") if until is not None else now
+
+    async def run(session: Any) -> Proposal:
+        return await run_calibration(
+            session, since=start, until=end, now=now, min_decisions=min_decisions
+        )
+
+    try:
+        proposal = asyncio.run(_with_db(run))
+    except CalibrationError as exc:
+        typer.echo(f"calibrate: {exc}; no policy version was written", err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(orjson.dumps({"version": proposal.version, "report": proposal.report}).decode())
+    else:
+        typer.echo(render(proposal))
 
 
 def openapi_yaml() -> str:
