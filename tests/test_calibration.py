@@ -59,9 +59,14 @@ RATE = {  # mean events per signal in the three weeks before the decision
 ROUTED, UNLABELLED, UNROUTED = 600, 20, 40
 
 
-def generate(now: float) -> tuple[dict[str, list[dict[str, Any]]], dict[str, int]]:
-    """Rows for each table, and the outcome counts."""
-    rng = np.random.default_rng(20261123)
+def generate(
+    now: float, seed: int = 20261123
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, int]]:
+    """Rows for each table, and the outcome counts.
+
+    With these sizes the fit recovers the order for 59 of seeds 0–59 (a fit, not a proof:
+    seed 36 ranks site_visit above content_download); the test uses one fixed seed."""
+    rng = np.random.default_rng(seed)
     start = now - 35 * DAY
     rows: dict[str, list[dict[str, Any]]] = {"leads": [], "events": [], "decisions": []}
     rows["dispositions"] = []
