@@ -14,7 +14,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api import admin, feedback, read
+from app.api import admin, feedback, read, reports
 from app.clock import Clock
 from app.config import Settings
 from app.errors import AppError
@@ -143,5 +143,6 @@ def create_app(
     app.include_router(read.router, tags=["read"])
     app.include_router(admin.router, tags=["admin"])
     app.include_router(feedback.router, tags=["feedback"])
+    app.include_router(reports.router, tags=["reports"])
     app.include_router(health.router, tags=["operations"])
     return app

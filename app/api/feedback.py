@@ -193,7 +193,10 @@ async def _learn(
     summary="Record what sales did with a routed lead (idempotent)",
     status_code=201,
     response_model=FeedbackResult,
-    responses={200: {"model": FeedbackResult}, **error_responses(401, 403, 404, 422, 503)},
+    responses={
+        200: {"model": FeedbackResult},
+        **error_responses(400, 401, 403, 404, 413, 422, 503),
+    },
 )
 async def post_feedback(
     body: FeedbackIn,
