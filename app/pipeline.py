@@ -108,7 +108,7 @@ async def process(
     batch: list[Event],
     *,
     policy: CompiledPolicy,
-    destinations: dict[str, Destination],
+    destinations: dict[str, Destination] | None = None,
     now: float,
     lease_until: float | None,
 ) -> BatchResult:

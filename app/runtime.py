@@ -259,7 +259,6 @@ class Runtime:
         assert self.policy is not None
         policy = self.policy
         now = self.clock.now()
-        destinations = await self.destinations.all()
         lease = now + self.dispatcher.lease if self.dispatcher is not None else None
         started = time.perf_counter()
 
@@ -271,7 +270,7 @@ class Runtime:
                     session,
                     batch,
                     policy=policy,
-                    destinations=destinations,
+                    destinations=None,  # read in the transaction: never stale
                     now=now,
                     lease_until=lease,
                 )

@@ -271,6 +271,9 @@ class Dispatcher:
                     # mid-request. Leave it; the poller claims it again afterwards.
                     return
                 dest = (await self._destinations.all()).get(job.destination_id)
+                if dest is None:  # new since the cache was read, or really deleted
+                    self._destinations.invalidate()
+                    dest = (await self._destinations.all()).get(job.destination_id)
                 outcome = await self._attempt(job, dest)
             self._record(outcome)
         finally:

@@ -16,7 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.clock import new_id
 from app.db import deliveries
-from app.delivery.destinations import Destination
+from app.db import destinations as destinations_table
+from app.delivery.destinations import Destination, destination_from_row
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ def order_key(decision: dict[str, Any]) -> str:
 async def enqueue(
     session: AsyncSession,
     decisions: list[tuple[dict[str, Any], bytes, list[str] | None]],
-    destinations: dict[str, Destination],
+    destinations: dict[str, Destination] | None,
     *,
     now: float,
     lease_until: float | None,
@@ -70,7 +71,15 @@ async def enqueue(
     With ``lease_until`` set, the head of each lane is claimed by this process until
     then, so another dispatcher's poller leaves it alone while we deliver it directly.
     A disabled destination's deliveries are parked: kept, not sent, resumed on enable.
+    ``destinations`` None: read them in the session.
     """
+    if not decisions:
+        return Enqueued([], set())
+    if destinations is None:
+        # Read in the transaction: a destination added a moment ago by another replica
+        # gets this decision too (a cache could be seconds behind).
+        found = await session.execute(select(destinations_table))
+        destinations = {r.id: destination_from_row(r) for r in found}
     planned: list[tuple[dict[str, Any], bytes, Destination]] = [
         (decision, body, dest)
         for decision, body, rule_destinations in decisions
