@@ -281,7 +281,6 @@ class SlaTimer:
         async with self._sessionmaker() as session:
             if not await any_overdue(session, now=now):
                 return []
-        destinations = await self._destinations.all()
         # The claiming UPDATE comes first: on SQLite the transaction starts as a writer.
         async with self._sessionmaker() as session, session.begin():
             missed = await claim_overdue(session, now=now, limit=BATCH)
@@ -291,7 +290,7 @@ class SlaTimer:
             outbox = await enqueue(
                 session,
                 escalated,
-                destinations,
+                None,  # destinations read in the transaction, like the pipeline's
                 now=now,
                 lease_until=now + self._dispatcher.lease,
             )
