@@ -98,6 +98,7 @@ class SourceSpec:
     opportunity: float  # of the accepted
     won: float  # of the opportunities; as many again are lost, the rest still open
     first_delay: tuple[float, float]  # routed → first feedback, seconds
+    fast: float = 0.0  # share of answers within minutes (inside a 15-minute SLA)
 
 
 SOURCES = [
@@ -115,6 +116,7 @@ SOURCES = [
         opportunity=0.25,
         won=0.2,
         first_delay=(600, 2 * DAY),
+        fast=0.05,
     ),
     # Targeted ads: a fair mix.
     SourceSpec(
@@ -130,6 +132,7 @@ SOURCES = [
         opportunity=0.45,
         won=0.4,
         first_delay=(120, 6 * 3600),
+        fast=0.3,
     ),
     # Low volume, high quality: demo requests from the website; sales takes nearly all.
     SourceSpec(
@@ -145,6 +148,7 @@ SOURCES = [
         opportunity=0.7,
         won=0.55,
         first_delay=(60, 1800),
+        fast=0.6,
     ),
     SourceSpec(
         "partner_referral",
@@ -159,6 +163,7 @@ SOURCES = [
         opportunity=0.5,
         won=0.5,
         first_delay=(300, 4 * 3600),
+        fast=0.4,
     ),
 ]
 
@@ -224,11 +229,12 @@ def plan_feedback(rng: random.Random, spec: SourceSpec, lead: Lead, routed_at: f
     """What sales will do with a routed lead, and when."""
     if rng.random() < spec.no_feedback:
         return
-    t = routed_at + rng.uniform(*spec.first_delay)
+    fast = rng.random() < spec.fast
+    t = routed_at + (rng.uniform(60, 840) if fast else rng.uniform(*spec.first_delay))
     plan = lead.planned_feedback
     if rng.random() < spec.reject:
         plan.append((t, {"status": "rejected", "reason": pick(rng, spec.reasons)}))
-        if rng.random() < 0.1:  # a second look: sales takes it after all
+        if rng.random() < 0.2:  # a second look: sales takes it after all
             t += rng.uniform(3600, 3 * DAY)
             plan.append((t, {"status": "accepted"}))
         return
@@ -242,7 +248,7 @@ def plan_feedback(rng: random.Random, spec: SourceSpec, lead: Lead, routed_at: f
             plan.append((t, {"status": "won", "value": rng.randint(5, 80) * 1000}))
         elif outcome < 2 * spec.won:
             plan.append((t, {"status": "lost"}))
-    elif rng.random() < 0.1:
+    elif rng.random() < 0.2:
         t += rng.uniform(1, 3) * DAY
         plan.append((t, {"status": "rejected", "reason": "duplicate"}))
 
@@ -435,6 +441,14 @@ async def test_scorecard_matches_an_independent_computation(svc: Service, clock:
     world = await build_world(svc, clock)
     now = clock.now()
     assert sum(1 for x in world if x.routed_at) > 60 and sum(len(x.feedback) for x in world) > 80
+    # The data set has the cases the definitions are about.
+    histories = [tuple(s for _, s, _ in x.feedback) for x in world]
+    assert ("rejected", "accepted") in histories and ("accepted", "rejected") in histories
+    assert any(h[-1:] == ("won",) for h in histories) and any(
+        h[-1:] == ("lost",) for h in histories
+    )
+    assert any(x.routed_at and not x.feedback for x in world)
+    assert len({x.source for x in world if x.first_campaign is None}) >= 1
 
     windows = [
         (t0 + 4 * DAY, t0 + 14 * DAY),  # leads first seen before it are routed in it
@@ -455,6 +469,8 @@ async def test_scorecard_matches_an_independent_computation(svc: Service, clock:
             for name, want in expected.items():
                 check(got[name], want)
             check(body["totals"], totals)
+            if since == t0:
+                assert totals["sla_met"] > 0 and totals["sla_missed"] > 0, totals
 
             r = await svc.client.get("/v1/reports/sources", params={**params, "format": "csv"})
             assert r.status_code == 200
@@ -523,3 +539,71 @@ async def test_bad_report_requests_are_a_clear_422_and_need_the_read_scope(
         async with svc.as_key(key) as c:
             r = await c.get("/v1/reports/sources", params={"format": "csv"})
             assert r.status_code == status, r.text
+
+
+def test_summarise_medians_sla_and_history_semantics() -> None:
+    """The pure aggregation, on hand-made decisions (times the API test cannot vary)."""
+    from app.api.reports import DecisionFact, LeadFact, summarise
+
+    def decision(lead: str, received: float, created: float, **kw: Any) -> DecisionFact:
+        base: dict[str, Any] = {
+            "accepted_at": None,
+            "disposition": None,
+            "sla_status": None,
+            "sla_due_at": None,
+            "history": (),
+        }
+        return DecisionFact(lead, created, received, **{**base, **kw})
+
+    now = 10_000.0
+    facts = [
+        # taken after a rejection: accepted, not rejected; met its SLA
+        decision(
+            "a",
+            0,
+            4,
+            accepted_at=64,
+            disposition="accepted",
+            sla_status="met",
+            sla_due_at=300,
+            history=(("rejected", "too_early"), ("accepted", None)),
+        ),
+        # accepted, then rejected as a duplicate: both, the reason counted
+        decision(
+            "b",
+            0,
+            10,
+            accepted_at=130,
+            disposition="rejected",
+            sla_status="missed",
+            sla_due_at=100,
+            history=(("accepted", None), ("rejected", "duplicate")),
+        ),
+        # opportunity then lost: an opportunity, and lost
+        decision(
+            "c",
+            0,
+            1,
+            accepted_at=1001,
+            disposition="lost",
+            history=(("accepted", None), ("opportunity", None), ("lost", None)),
+        ),
+        # no feedback, SLA overdue but not yet marked: missed; another not yet due: open
+        decision("d", 5, 5, sla_status="pending", sla_due_at=now - 1),
+        decision("d", 5, 6, sla_status="pending", sla_due_at=now + 1),
+    ]
+    leads = [LeadFact("a", 50, True), LeadFact("b", 24.9, False), LeadFact("c", 25, False)]
+    g = summarise("x", leads, facts, fit_threshold=25, now=now)
+    assert (g.leads, g.icp_fit, g.icp_fit_rate, g.hot) == (3, 2, 0.6667, 1)
+    assert (g.routed, g.routed_decisions, g.dispositioned, g.accepted) == (4, 5, 3, 3)
+    assert (g.acceptance_rate, g.rejected, g.rejection_reasons) == (1.0, 1, {"duplicate": 1})
+    assert (g.sla_met, g.sla_missed, g.sla_open, g.sla_rate) == (1, 2, 1, 0.3333)
+    assert (g.opportunities, g.opportunity_rate, g.won, g.lost, g.win_rate) == (1, 0.2, 0, 1, 0.0)
+    # event→routed: 4, 10, 1, 0, 1 → 1; routed→accepted: 60, 120, 1000 → 120
+    assert g.median_event_to_routed_seconds == 1.0
+    assert g.median_routed_to_accepted_seconds == 120.0
+    g = summarise("x", leads, facts[:4], fit_threshold=25, now=now)
+    assert g.median_event_to_routed_seconds == 2.5  # 4, 10, 1, 0 → (1 + 4) / 2
+    empty = summarise("y", [], [], fit_threshold=25, now=now)
+    assert empty.icp_fit_rate is None and empty.sla_rate is None and empty.win_rate is None
+    assert empty.median_routed_to_accepted_seconds is None
