@@ -104,7 +104,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--delivery-rate", type=float, default=100.0, help="phase D events/s")
     # Past the service's 60 s delivery lease: a dead endpoint's backlog changes after it.
     p.add_argument("--delivery-seconds", type=float, default=70.0, help="phase D, per run")
-    p.add_argument("--only", choices=("delivery",), help="run only this phase")
+    p.add_argument(
+        "--only",
+        choices=("delivery", "latency"),
+        help="run only this phase (latency: phases 3 and 4, event → webhook)",
+    )
     p.add_argument("--no-kafka", action="store_true", help="skip the Kafka phases")
     p.add_argument("--kafka-raw-events", type=int, default=200_000, help="phase 5 messages")
     p.add_argument("--kafka-events", type=int, default=100_000, help="phase 6 backlog")
@@ -881,11 +885,18 @@ class Bench:
                 return 1 if self.summary.failed else 0
             bodies = await self.start()
             await self.setup()
-            await self.batch_phase(bodies)
-            del bodies
-            await self.single_phase()
+            if self.args.only != "latency":
+                await self.batch_phase(bodies)
+                del bodies
+                await self.single_phase()
             await self.latency_phase()
             await self.mix_phase()
+            if self.args.only == "latency":
+                header("Embedded-mode service: shutdown")
+                await self.stop_service()
+                self.summary.print()
+                await asyncio.to_thread(self.receiver.stop, 5.0)
+                return 1 if self.summary.failed else 0
             header("Embedded-mode service: shutdown")
             await self.stop_service()
             await self.delivery_phase()

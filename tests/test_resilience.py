@@ -201,6 +201,16 @@ def assert_counted_once(stored: dict[str, float], accepted: list[str]) -> None:
     assert not wrong, f"events not counted exactly once: {list(wrong.items())[:5]}"
 
 
+async def assert_unanswered_at_most_once(url: str, lo: Load) -> None:
+    """A post that raced the server closing its keep-alive connection gets no answer (the
+    client retries it: event ids make that safe). Whether or not it was stored, it never
+    counts twice."""
+    unknown = sorted(lo.unknown)
+    assert len(unknown) <= 4 * lo.batch, f"{len(unknown)} posts without an answer"
+    stored = await stored_intent(url, unknown)
+    assert all(abs(v - SITE_VISIT) < 0.01 for v in stored.values()), stored
+
+
 async def resend_refused(url: str, key: str, refused: list[str]) -> None:
     """Refused events were not half-stored: sending them again stores each of them."""
     async with httpx.AsyncClient(
@@ -447,7 +457,7 @@ async def test_sigterm_under_load_keeps_every_accepted_event(tmp_path: Path) -> 
             await until(lambda: len(lo.accepted) >= 100, within=30)
             await asyncio.to_thread(exited_after_sigterm, proc)
         assert not lo.anomalies, lo.anomalies[:3]
-        assert lo.timeouts == 0 and not lo.unknown  # in-flight posts were answered
+        assert lo.timeouts == 0  # nothing in flight was left hanging
         assert set(lo.statuses) <= {202, 503}, lo.statuses
         for refusal in lo.refused.values():  # refused while shutting down
             assert refusal.code == "unavailable" and refusal.retry_after
@@ -455,6 +465,7 @@ async def test_sigterm_under_load_keeps_every_accepted_event(tmp_path: Path) -> 
         # The process is gone: what it answered 202 for is in the file, counted once.
         assert_counted_once(await stored_intent(url, accepted), accepted)
         assert not await stored_intent(url, refused)
+        await assert_unanswered_at_most_once(url, lo)
 
 
 @dataclass
@@ -587,7 +598,7 @@ async def test_sigterm_with_kafka_commits_what_it_applied_and_leaves_the_group(
             await asyncio.to_thread(exited_after_sigterm, proc)
 
         assert not lo.anomalies, lo.anomalies[:3]
-        assert lo.timeouts == 0 and not lo.unknown
+        assert lo.timeouts == 0  # nothing in flight was left hanging
         assert set(lo.statuses) <= {202, 503}, lo.statuses
         accepted = list(lo.accepted)
         assert len(accepted) >= 20
@@ -610,6 +621,7 @@ async def test_sigterm_with_kafka_commits_what_it_applied_and_leaves_the_group(
         await eventually(caught_up, within=90)
         every = accepted + [ev["event_id"] for ev in backlog]
         assert_counted_once(await stored_intent(url, every), every)
+        await assert_unanswered_at_most_once(url, lo)
         async with httpx.AsyncClient(base_url=proc.url) as c:
             scraped = (await c.get("/metrics")).text
         # The restarted consumer began where the stopped one committed: it applied exactly

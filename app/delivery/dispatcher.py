@@ -39,6 +39,9 @@ from app.observability import metrics
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
+# A destination with a success this recent queues in memory however long its queue is
+# (a burst drains in moments); otherwise past 4 x concurrency, deliveries wait unclaimed.
+HEALTHY_SECONDS = 2.0
 RESPONSE_BODY_CAP = 4096
 GONE = 410  # the receiver says the endpoint is gone for good: stop sending to it
 
@@ -103,6 +106,7 @@ class Dispatcher:
         self._held: Counter[str] = Counter()
         self._queue_cap = concurrency * 4
         self._release: list[str] = []  # delivery ids whose claim we give back
+        self._last_success: dict[str, float] = {}  # destination → monotonic time
         self._backlogged: set[str] = set()  # destinations with deliveries given back
         # Lanes with a delivery waiting in the database behind one of ours.
         self._waiting: set[tuple[str, str]] = set()
@@ -147,7 +151,9 @@ class Dispatcher:
         if waiting:
             self._waiting |= waiting
         for d in new:
-            if self._held[d.destination_id] >= self._queue_cap:
+            if self._held[d.destination_id] >= self._queue_cap and not self._healthy(
+                d.destination_id
+            ):
                 self._release.append(d.id)
                 self._backlogged.add(d.destination_id)
                 self._results_ready.set()  # the writer gives the claims back
@@ -164,6 +170,10 @@ class Dispatcher:
                     d.lease_until,
                 )
             )
+
+    def _healthy(self, destination_id: str) -> bool:
+        """Delivered to within the last few seconds: its queue drains, so queue there."""
+        return time.monotonic() - self._last_success.get(destination_id, -1e9) < HEALTHY_SECONDS
 
     def _start(self, job: Job) -> None:
         self._held[job.destination_id] += 1
@@ -355,6 +365,8 @@ class Dispatcher:
             self._results_ready.set()
             return
         ok = outcome.error is None
+        if ok:
+            self._last_success[job.destination_id] = time.monotonic()
         metrics.DELIVERIES.labels(job.destination_id, "delivered" if ok else "failed").inc()
         if log.isEnabledFor(logging.INFO):
             log.info(
@@ -405,6 +417,7 @@ class Dispatcher:
             except Exception:
                 self._release = released + self._release
                 raise
+            self.poke()  # claimable now: the poller takes what each queue has room for
         if not self._results:
             return
         batch, self._results = self._results, []
