@@ -49,6 +49,18 @@ async def _noop(_: Any) -> None:
     return None
 
 
+async def _prepare(settings: Settings) -> None:
+    from app.main import print_bootstrap_key
+    from app.runtime import Runtime
+
+    runtime = Runtime(settings)
+    try:
+        await runtime.prepare()
+    finally:
+        await runtime.engine.dispose()
+    print_bootstrap_key(runtime.bootstrap_key)
+
+
 @cli.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="default INTENT_HOST or 127.0.0.1")] = None,
@@ -79,8 +91,8 @@ def serve(
     }
     if settings.workers > 1:
         # Each worker process builds its own app (and runtime) from the environment;
-        # the schema is brought up to date once, here, before they start.
-        asyncio.run(_with_db(_noop))
+        # the schema, the first policy and the bootstrap key are made once, here, first.
+        asyncio.run(_prepare(settings))
         uvicorn.run("app.main:serve_app", factory=True, workers=settings.workers, **options)
     else:
         uvicorn.run(serve_app(settings), **options)

@@ -29,6 +29,16 @@ from app.runtime import Runtime
 log = logging.getLogger("app")
 
 
+def print_bootstrap_key(key: str | None) -> None:
+    """Printed once, on the first start of an empty database; only its hash is kept."""
+    if key:
+        print(
+            "\n  First start: an admin API key was created (all scopes). It is shown "
+            f"only now:\n\n    {key}\n",
+            flush=True,
+        )
+
+
 def serve_app(settings: Settings | None = None) -> FastAPI:
     """The app as ``intent-router serve`` runs it: JSON logs configured first."""
     settings = settings or Settings()
@@ -56,13 +66,7 @@ def create_app(
             gc.collect()
             gc.freeze()
             gc.set_threshold(7000, 20, 20)
-        if runtime.bootstrap_key:
-            # Printed once, on the first start of an empty database; only its hash is kept.
-            print(
-                "\n  First start: an admin API key was created (all scopes). It is shown "
-                f"only now:\n\n    {runtime.bootstrap_key}\n",
-                flush=True,
-            )
+        print_bootstrap_key(runtime.bootstrap_key)
         try:
             yield
         finally:

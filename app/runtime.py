@@ -9,6 +9,7 @@ import time
 from collections import Counter
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app import pipeline
@@ -87,22 +88,35 @@ class Runtime:
         self.producer: KafkaProducerIngest | None = None
         self.pipeline_loop = LoopThread(settings) if settings.pipeline_thread else None
 
+    async def prepare(self, *, migrate: bool = True) -> None:
+        """Schema at head, the active policy (the default on a first start) and, on an
+        empty database, the bootstrap admin key. Safe when several processes start at
+        once on an empty database: the one that loses the race reads what the other made."""
+        if migrate:
+            await upgrade(self.engine)
+        for attempt in (1, 2):
+            try:
+                async with self.sessionmaker() as session, session.begin():
+                    self.set_policy(await ensure_default(session, self.clock.now()))
+                    if self.settings.bootstrap_admin_key:
+                        n_keys = await session.execute(select(func.count()).select_from(api_keys))
+                        if not n_keys.scalar():
+                            _, self.bootstrap_key = await create_key(
+                                session,
+                                name="bootstrap-admin",
+                                scopes=["ingest", "read", "admin", "feedback"],
+                                now=self.clock.now(),
+                            )
+                return
+            except IntegrityError:
+                self.bootstrap_key = None
+                if attempt == 2:
+                    raise
+
     async def start(self, *, migrate: bool = True, dispatcher: bool = True) -> None:
         roles = set(self.settings.roles)
         dispatcher = dispatcher and "dispatcher" in roles
-        if migrate:
-            await upgrade(self.engine)
-        async with self.sessionmaker() as session, session.begin():
-            self.set_policy(await ensure_default(session, self.clock.now()))
-            if self.settings.bootstrap_admin_key:
-                n_keys = await session.execute(select(func.count()).select_from(api_keys))
-                if not n_keys.scalar():
-                    _, self.bootstrap_key = await create_key(
-                        session,
-                        name="bootstrap-admin",
-                        scopes=["ingest", "read", "admin", "feedback"],
-                        now=self.clock.now(),
-                    )
+        await self.prepare(migrate=migrate)
         if self.pipeline_loop is not None:
             self.pipeline_loop.start()
         if dispatcher:

@@ -100,3 +100,29 @@ async def test_serve_runs_the_configured_number_of_worker_processes(database_url
         assert len(await eventually(started, within=30)) == 2
     finally:
         proc.stop()
+
+
+async def test_processes_starting_together_on_an_empty_database_agree(database_url: str) -> None:
+    """Replicas (or workers) starting at once: one makes the first policy and the key, the
+    others read them; nobody fails on the other's insert."""
+    import asyncio
+
+    from sqlalchemy import func, select
+
+    from app.config import Settings
+    from app.db import api_keys, policies
+    from app.migrate import upgrade
+    from app.runtime import Runtime
+
+    runtimes = [Runtime(Settings(database_url=database_url)) for _ in range(4)]
+    try:
+        await upgrade(runtimes[0].engine)
+        await asyncio.gather(*(r.prepare(migrate=False) for r in runtimes))
+        assert {r.policy.version for r in runtimes if r.policy} == {1}
+        assert sum(1 for r in runtimes if r.bootstrap_key) == 1
+        async with runtimes[0].sessionmaker() as session:
+            assert await session.scalar(select(func.count()).select_from(policies)) == 1
+            assert await session.scalar(select(func.count()).select_from(api_keys)) == 1
+    finally:
+        for r in runtimes:
+            await r.engine.dispose()

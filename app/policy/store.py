@@ -52,11 +52,13 @@ async def save_version(
     comment: str | None = None,
     status: str = "active",
     report: str | None = None,
+    version: int | None = None,
 ) -> CompiledPolicy:
     """Store ``doc`` as the next version (the caller commits); a ``proposed`` version is
     kept for review and does not take effect."""
-    current = (await session.execute(select(func.max(policies.c.version)))).scalar()
-    version = (current or 0) + 1
+    if version is None:
+        current = (await session.execute(select(func.max(policies.c.version)))).scalar()
+        version = (current or 0) + 1
     await session.execute(
         policies.insert().values(
             version=version,
@@ -73,10 +75,18 @@ async def save_version(
 
 
 async def ensure_default(session: AsyncSession, now: float) -> CompiledPolicy:
-    """The active policy; on first start, the shipped default becomes version 1."""
+    """The active policy; on first start, the shipped default becomes version 1.
+
+    Several processes may start at once on an empty database: each tries to insert
+    version 1, one wins, the others fail on the key (the caller retries and reads it)."""
     policy = await active_policy(session)
     if policy is not None:
         return policy
+    stored = await session.scalar(select(func.count()).select_from(policies))
+    if stored:
+        policy = await active_policy(session)  # another process made it a moment ago
+        if policy is not None:
+            return policy
     doc = validate_or_raise(default_policy_raw())
     return await save_version(
         session,
@@ -85,4 +95,5 @@ async def ensure_default(session: AsyncSession, now: float) -> CompiledPolicy:
         created_by="default",
         now=now,
         comment="shipped default policy",
+        version=None if stored else 1,
     )
