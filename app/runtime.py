@@ -137,7 +137,6 @@ class Runtime:
                 self.sessionmaker,
                 self.clock,
                 policy=lambda: self.policy,
-                destinations=self.destinations,
                 dispatcher=self.dispatcher,
             )
             self.sla.start()

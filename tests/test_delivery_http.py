@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import ipaddress
 import logging
 import os
@@ -39,7 +38,7 @@ from tests.harness import (
     serve,
     service,
 )
-from tests.test_e2e import ACME, hot_events, setup_crm
+from tests.test_e2e import ACME, hot_events, route_warm_leads, setup_crm
 
 
 @dataclass
@@ -698,25 +697,6 @@ async def test_redrive_of_a_disabled_destination_is_a_conflict(
 
 
 # -- per-lead order, continuous failure, parking -----------------------------------------
-
-
-async def route_warm_leads(svc: Service) -> None:
-    """A policy version that routes warm leads too: a lead that turns warm, then hot, gets
-    two decisions, the second an escalation within the cooldown."""
-    policy = copy.deepcopy((await svc.client.get("/v1/policy")).json()["policy"])
-    policy["routing"]["rules"].insert(
-        0,
-        {
-            "name": "warm_nurture",
-            "kind": "lead",
-            "when": {"band": "warm"},
-            "team": "nurture",
-            "assignment": "fixed",
-            "assignee": "sdr@ours.example",
-        },
-    )
-    policy["teams"]["nurture"] = {"members": []}
-    assert (await svc.client.put("/v1/policy", json=policy)).status_code == 200
 
 
 async def test_a_leads_decisions_reach_an_endpoint_in_order_retries_included(

@@ -167,13 +167,10 @@ async def test_cooldown_suppresses_a_flap_and_routes_again_after_it(
     assert len((await lead(svc, "dana@acme.com"))["decisions"]) == 2
 
 
-async def test_escalation_within_cooldown_routes_again(
-    svc: Service, hook: Receiver, clock: FakeClock
-) -> None:
-    """A warm (nurture) decision followed by hot inside the cooldown escalates."""
-    await setup_crm(svc, hook)
-    policy = (await svc.client.get("/v1/policy")).json()["policy"]
-    policy = copy.deepcopy(policy)
+async def route_warm_leads(svc: Service) -> int:
+    """A policy version that routes warm leads too: a lead that turns warm, then hot, gets
+    two decisions, the second an escalation within the cooldown. Returns its version."""
+    policy = copy.deepcopy((await svc.client.get("/v1/policy")).json()["policy"])
     policy["routing"]["rules"].insert(
         0,
         {
@@ -188,7 +185,16 @@ async def test_escalation_within_cooldown_routes_again(
     policy["teams"]["nurture"] = {"members": []}
     r = await svc.client.put("/v1/policy", json=policy)
     assert r.status_code == 200, r.text
-    assert r.json()["version"] == 2
+    version: int = r.json()["version"]
+    return version
+
+
+async def test_escalation_within_cooldown_routes_again(
+    svc: Service, hook: Receiver, clock: FakeClock
+) -> None:
+    """A warm (nurture) decision followed by hot inside the cooldown escalates."""
+    await setup_crm(svc, hook)
+    assert await route_warm_leads(svc) == 2
 
     t = clock.now()
     await svc.client.post(

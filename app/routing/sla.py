@@ -23,7 +23,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.clock import Clock, iso, new_id
 from app.db import decisions, dialect_of, loads
-from app.delivery.destinations import DestinationCache
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.outbox import enqueue
 from app.observability import metrics
@@ -231,14 +230,12 @@ class SlaTimer:
         clock: Clock,
         *,
         policy: Callable[[], CompiledPolicy | None],
-        destinations: DestinationCache,
         dispatcher: Dispatcher,
         interval: float = CHECK_SECONDS,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._clock = clock
         self._policy = policy
-        self._destinations = destinations
         self._dispatcher = dispatcher
         self._interval = interval
         self._lock = asyncio.Lock()  # one check at a time in this process
