@@ -72,6 +72,25 @@ class Bulk:
                 _upsert_sql(table.name, tuple(columns), tuple(keys), self.pg), rows
             )
 
+    async def insert_rows(self, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+        """Plain ``INSERT`` of many rows given as dicts (the first row's keys are the columns)."""
+        if rows:
+            columns = tuple(rows[0])
+            await self.driver.executemany(
+                _insert_sql(table.name, columns, self.pg),
+                [tuple(r.get(c) for c in columns) for r in rows],
+            )
+
+    async def update_where(
+        self, table: Table, column: str, pairs: Sequence[tuple[Any, Any]]
+    ) -> None:
+        """``UPDATE table SET column = new WHERE column = old`` for each (old, new), in order
+        (so a chain a → b, b → c ends at c)."""
+        if pairs:
+            a, b = ("$1", "$2") if self.pg else ("?", "?")
+            sql = f"UPDATE {table.name} SET {column} = {a} WHERE {column} = {b}"
+            await self.driver.executemany(sql, [(new, old) for old, new in pairs])
+
     async def insert_new(
         self,
         table: Table,
@@ -105,6 +124,12 @@ class Bulk:
             params = [v for row in chunk for v in row]
             inserted.update(r[0] for r in await self.driver.execute_fetchall(sql, params))
         return inserted
+
+
+@cache
+def _insert_sql(table: str, columns: tuple[str, ...], pg: bool) -> str:
+    marks = ", ".join(f"${i + 1}" if pg else "?" for i in range(len(columns)))
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
 
 
 @cache

@@ -240,6 +240,6 @@ async def _route(
             holder.last_decision_band = c.band
         holder.dirty = True
     if routed:
-        await session.execute(decisions.insert(), [r for r, _, _ in routed])
+        await (await Bulk.of(session)).insert_rows(decisions, [r for r, _, _ in routed])
         await counters.save(session)
     return routed, suppressed

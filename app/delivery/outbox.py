@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.bulk import Bulk
 from app.clock import new_id
 from app.db import deliveries
 from app.db import destinations as destinations_table
@@ -140,5 +141,5 @@ async def enqueue(
                     lease_until,
                 )
             )
-    await session.execute(deliveries.insert(), rows)
+    await (await Bulk.of(session)).insert_rows(deliveries, rows)
     return Enqueued(claimed, waiting)

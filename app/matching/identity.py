@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.bulk import Bulk
@@ -76,17 +75,16 @@ class BatchState:
     async def save(self, session: AsyncSession) -> None:
         await save_leads(session, self.leads.values())
         await save_accounts(session, self.accounts.values())
+        bulk = await Bulk.of(session)
         if self.new_identities:
-            await (await Bulk.of(session)).upsert(
+            await bulk.upsert(
                 identities,
                 ("identifier", "lead_id"),
                 ("identifier",),
                 list(self.new_identities.items()),
             )
-        for old, new in self.remaps:
-            await session.execute(
-                update(identities).where(identities.c.lead_id == old).values(lead_id=new)
-            )
+        # Identities of a merged lead that this batch did not load follow it too.
+        await bulk.update_where(identities, "lead_id", self.remaps)
 
     # -- accounts ------------------------------------------------------------------------
     def account(self, domain: str) -> AccountState:

@@ -9,9 +9,10 @@ from app.clock import iso
 from app.db import leads
 from app.matching.identity import BatchState
 from app.routing.decisions import Candidate
+from app.routing.rules import cooldown_verdict
 from app.scoring.decay import Accumulators, raw_intent, signal_scores
 from app.scoring.engine import account_snapshot, top_signals
-from app.scoring.state import _accs
+from app.scoring.state import AccountState, _accs
 
 
 def _count_active(
@@ -24,6 +25,19 @@ def _count_active(
         for signals, last_event_at in members.values()
         if last_event_at >= cutoff and raw_intent(signals, now, policy.signals) >= threshold
     )
+
+
+def _cooling_down(state: BatchState, acct: AccountState) -> bool:
+    allowed, _ = cooldown_verdict(
+        state.policy,
+        now=state.now,
+        last_at=acct.last_decision_at,
+        last_band=None,
+        last_tier=acct.last_decision_tier,
+        band=None,
+        tier=acct.tier,
+    )
+    return not allowed
 
 
 async def surge_candidates(
@@ -59,7 +73,10 @@ async def surge_candidates(
         base = state.base_signals.get(lead.lead_id)
         if base is None or base[0] != d or not active(base[1], base[2]):
             rising.add(d)
-    domains = sorted(rising)
+    # An account in its cooldown whose tier has not risen cannot be routed again, so its
+    # leads are not recounted (the read API counts active leads at request time anyway):
+    # at a busy account that recount read every lead's signals once per batch.
+    domains = sorted(d for d in rising if not _cooling_down(state, state.accounts[d]))
     if not domains:
         return []
     before: dict[str, dict[str, tuple[Accumulators, float]]] = {d: {} for d in domains}
