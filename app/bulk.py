@@ -59,6 +59,39 @@ class Bulk:
             out.extend(await self.driver.execute_fetchall(sql, chunk))
         return out
 
+    async def select_all(self, table: Table, columns: Sequence[str]) -> list[Sequence[Any]]:
+        """``SELECT columns FROM table`` as plain tuples (small tables only)."""
+        sql = f"SELECT {', '.join(columns)} FROM {table.name}"
+        if self.pg:
+            return list(await self.driver.fetch(sql))
+        return list(await self.driver.execute_fetchall(sql))
+
+    async def select_distinct_in(
+        self,
+        table: Table,
+        columns: Sequence[str],
+        match: dict[str, Sequence[Any]],
+        equal: dict[str, Any],
+    ) -> list[Sequence[Any]]:
+        """``SELECT DISTINCT columns FROM table WHERE k IN match[k] … AND k = equal[k] …``
+        (each list of values at most a few thousand long)."""
+        where: list[str] = []
+        params: list[Any] = []
+        for k, values in match.items():
+            if self.pg:
+                params.append(list(values))
+                where.append(f"{k} = ANY(${len(params)}::text[])")
+            else:
+                params.extend(values)
+                where.append(f"{k} IN ({','.join('?' * len(values))})")
+        for k, value in equal.items():
+            params.append(value)
+            where.append(f"{k} = ${len(params)}" if self.pg else f"{k} = ?")
+        sql = f"SELECT DISTINCT {', '.join(columns)} FROM {table.name} WHERE {' AND '.join(where)}"
+        if self.pg:
+            return list(await self.driver.fetch(sql, *params))
+        return list(await self.driver.execute_fetchall(sql, params))
+
     async def upsert(
         self,
         table: Table,

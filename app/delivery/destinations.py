@@ -51,7 +51,7 @@ def destination_from_row(r: Any) -> Destination:
         name=r.name,
         url=r.url,
         secret=r.secret,
-        enabled=r.enabled,
+        enabled=bool(r.enabled),  # SQLite's driver gives 0/1
         format=r.format,
         filter=loads(r.filter),
         previous_secret=r.previous_secret,

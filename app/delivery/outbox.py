@@ -8,10 +8,10 @@ one pending is written unclaimed; the dispatcher's poller sends it when its turn
 
 from __future__ import annotations
 
+from collections import namedtuple
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.bulk import Bulk
@@ -40,6 +40,10 @@ class Enqueued:
     # Lanes (destination id, order key) with a delivery left waiting behind an earlier one.
     waiting: set[tuple[str, str]]
 
+
+DESTINATION_COLUMNS = tuple(c.name for c in destinations_table.columns)
+# Attribute access on a driver tuple, as ``destination_from_row`` expects of a Row.
+_DestinationRow = namedtuple("_DestinationRow", DESTINATION_COLUMNS)  # type: ignore[misc]
 
 _last_seq = 0
 
@@ -76,11 +80,12 @@ async def enqueue(
     """
     if not decisions:
         return Enqueued([], set())
+    bulk = await Bulk.of(session)
     if destinations is None:
         # Read in the transaction: a destination added a moment ago by another replica
         # gets this decision too (a cache could be seconds behind).
-        found = await session.execute(select(destinations_table))
-        destinations = {r.id: destination_from_row(r) for r in found}
+        found = await bulk.select_all(destinations_table, DESTINATION_COLUMNS)
+        destinations = {r[0]: destination_from_row(_DestinationRow(*r)) for r in found}
     planned: list[tuple[dict[str, Any], bytes, Destination]] = [
         (decision, body, dest)
         for decision, body, rule_destinations in decisions
@@ -90,18 +95,16 @@ async def enqueue(
     if not planned:
         return Enqueued([], set())
     keys = {order_key(d) for d, _, _ in planned}
-    busy = {
-        (r[0], r[1])
-        for r in await session.execute(
-            select(deliveries.c.destination_id, deliveries.c.order_key)
-            .where(
-                deliveries.c.destination_id.in_({dest.id for _, _, dest in planned}),
-                deliveries.c.order_key.in_(keys),
-                deliveries.c.status == "pending",
-            )
-            .distinct()
-        )
-    }
+    pending = await bulk.select_distinct_in(
+        deliveries,
+        ("destination_id", "order_key"),
+        {
+            "destination_id": sorted({dest.id for _, _, dest in planned}),
+            "order_key": sorted(keys),
+        },
+        {"status": "pending"},
+    )
+    busy = {(r[0], r[1]) for r in pending}
     rows: list[dict[str, Any]] = []
     claimed: list[NewDelivery] = []
     waiting: set[tuple[str, str]] = set()
@@ -141,5 +144,5 @@ async def enqueue(
                     lease_until,
                 )
             )
-    await (await Bulk.of(session)).insert_rows(deliveries, rows)
+    await bulk.insert_rows(deliveries, rows)
     return Enqueued(claimed, waiting)

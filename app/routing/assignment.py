@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import routing_counters, upsert
+from app.bulk import Bulk
+from app.db import routing_counters
 from app.policy.schema import CompiledPolicy, RoutingRule
 
 
@@ -31,8 +31,9 @@ class Counters:
 
     async def load(self, session: AsyncSession) -> None:
         if not self.loaded:
-            rows = await session.execute(select(routing_counters))
-            self.values = {r.key: r.value for r in rows}
+            bulk = await Bulk.of(session)
+            rows = await bulk.select_all(routing_counters, ("key", "value"))
+            self.values = {r[0]: r[1] for r in rows}
             self.loaded = True
 
     def get(self, key: str) -> int:
@@ -44,8 +45,9 @@ class Counters:
 
     async def save(self, session: AsyncSession) -> None:
         if self.dirty:
-            rows = [{"key": k, "value": self.values[k]} for k in sorted(self.dirty)]
-            await upsert(session, routing_counters, rows, ["key"])
+            rows = [(k, self.values[k]) for k in sorted(self.dirty)]
+            bulk = await Bulk.of(session)
+            await bulk.upsert(routing_counters, ("key", "value"), ("key",), rows)
             self.dirty.clear()
 
 
