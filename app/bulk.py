@@ -9,6 +9,7 @@ placeholders, asyncpg with ``$n`` and arrays. Everything else uses SQLAlchemy.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from functools import cache
 from typing import Any
@@ -20,6 +21,17 @@ from app.db import dialect_of
 
 SQLITE_MAX_VARS = 32_000
 
+_thread = threading.local()
+
+
+def call_sqlite_directly() -> None:
+    """On this thread, run SQLite statements on the calling thread instead of handing each
+    one to aiosqlite's worker thread and back. For a thread whose event loop runs nothing
+    but pipeline transactions (``LoopThread``): a statement then blocks only that loop,
+    SQLite's C code still releases the GIL, and a small batch's dozen statements no longer
+    cost two thread hand-offs each (about a third of a routed event's transaction)."""
+    _thread.direct = True
+
 
 class Bulk:
     """Bulk statements on the driver connection underneath an ``AsyncSession``."""
@@ -27,6 +39,21 @@ class Bulk:
     def __init__(self, driver: Any, dialect: str) -> None:
         self.driver = driver
         self.pg = dialect == "postgresql"
+        # The sqlite3 connection under aiosqlite's (opened with check_same_thread=False;
+        # the session holds it, so nothing else uses it meanwhile).
+        direct = not self.pg and getattr(_thread, "direct", False)
+        self.direct: Any = driver._conn if direct else None
+
+    async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        if self.direct is not None:
+            return list(self.direct.execute(sql, params).fetchall())
+        return list(await self.driver.execute_fetchall(sql, params))
+
+    async def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if self.direct is not None:
+            self.direct.executemany(sql, rows)
+        else:
+            await self.driver.executemany(sql, rows)
 
     @classmethod
     async def of(cls, session: AsyncSession) -> Bulk:
@@ -56,7 +83,7 @@ class Bulk:
         for i in range(0, len(values), step):
             chunk = values[i : i + step]
             sql = f"SELECT {cols} FROM {table.name} WHERE {key} IN ({','.join('?' * len(chunk))})"
-            out.extend(await self.driver.execute_fetchall(sql, chunk))
+            out.extend(await self._fetchall(sql, chunk))
         return out
 
     async def select_all(self, table: Table, columns: Sequence[str]) -> list[Sequence[Any]]:
@@ -64,7 +91,7 @@ class Bulk:
         sql = f"SELECT {', '.join(columns)} FROM {table.name}"
         if self.pg:
             return list(await self.driver.fetch(sql))
-        return list(await self.driver.execute_fetchall(sql))
+        return await self._fetchall(sql)
 
     async def select_distinct_in(
         self,
@@ -90,7 +117,7 @@ class Bulk:
         sql = f"SELECT DISTINCT {', '.join(columns)} FROM {table.name} WHERE {' AND '.join(where)}"
         if self.pg:
             return list(await self.driver.fetch(sql, *params))
-        return list(await self.driver.execute_fetchall(sql, params))
+        return await self._fetchall(sql, params)
 
     async def upsert(
         self,
@@ -101,7 +128,7 @@ class Bulk:
     ) -> None:
         """``INSERT … ON CONFLICT (keys) DO UPDATE`` every non-key column, for many rows."""
         if rows:
-            await self.driver.executemany(
+            await self._executemany(
                 _upsert_sql(table.name, tuple(columns), tuple(keys), self.pg), rows
             )
 
@@ -109,7 +136,7 @@ class Bulk:
         """Plain ``INSERT`` of many rows given as dicts (the first row's keys are the columns)."""
         if rows:
             columns = tuple(rows[0])
-            await self.driver.executemany(
+            await self._executemany(
                 _insert_sql(table.name, columns, self.pg),
                 [tuple(r.get(c) for c in columns) for r in rows],
             )
@@ -122,7 +149,7 @@ class Bulk:
         if pairs:
             a, b = ("$1", "$2") if self.pg else ("?", "?")
             sql = f"UPDATE {table.name} SET {column} = {a} WHERE {column} = {b}"
-            await self.driver.executemany(sql, [(new, old) for old, new in pairs])
+            await self._executemany(sql, [(new, old) for old, new in pairs])
 
     async def insert_new(
         self,
@@ -155,7 +182,7 @@ class Bulk:
                 f"ON CONFLICT ({key}) DO NOTHING RETURNING {key}"
             )
             params = [v for row in chunk for v in row]
-            inserted.update(r[0] for r in await self.driver.execute_fetchall(sql, params))
+            inserted.update(r[0] for r in await self._fetchall(sql, params))
         return inserted
 
 

@@ -283,7 +283,13 @@ def make_engine(settings: Settings) -> AsyncEngine:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
         pool = {"pool_size": 5, "max_overflow": 5} if path is not None else {}
-        engine = create_async_engine(settings.database_url, connect_args={"timeout": 30}, **pool)
+        # check_same_thread=False: the pipeline's thread runs its bulk statements on the
+        # connection itself (app.bulk.call_sqlite_directly), not only aiosqlite's worker.
+        engine = create_async_engine(
+            settings.database_url,
+            connect_args={"timeout": 30, "check_same_thread": False},
+            **pool,
+        )
         sync_mode = settings.sqlite_synchronous
 
         @event.listens_for(engine.sync_engine, "connect")

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.bulk import call_sqlite_directly
 from app.config import Settings
 from app.db import make_engine, make_sessionmaker
 
@@ -35,6 +36,7 @@ class LoopThread:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
+        call_sqlite_directly()
         self.loop.run_forever()
 
     def start(self) -> None:
