@@ -106,8 +106,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--delivery-seconds", type=float, default=70.0, help="phase D, per run")
     p.add_argument(
         "--only",
-        choices=("delivery", "latency"),
-        help="run only this phase (latency: phases 3 and 4, event → webhook)",
+        choices=("delivery", "latency", "kafka"),
+        help="run only this phase (latency: phases 3 and 4, event → webhook; kafka: 5-7)",
     )
     p.add_argument("--no-kafka", action="store_true", help="skip the Kafka phases")
     p.add_argument("--kafka-raw-events", type=int, default=200_000, help="phase 5 messages")
@@ -880,6 +880,12 @@ class Bench:
             if self.args.only == "delivery":
                 await self.start_receiver()
                 await self.delivery_phase()
+                self.summary.print()
+                await asyncio.to_thread(self.receiver.stop, 5.0)
+                return 1 if self.summary.failed else 0
+            if self.args.only == "kafka":
+                await self.start_receiver()
+                await self.kafka()
                 self.summary.print()
                 await asyncio.to_thread(self.receiver.stop, 5.0)
                 return 1 if self.summary.failed else 0
