@@ -153,6 +153,26 @@ class Bulk:
             prefix = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES"
             await self._values(prefix, "", len(columns), values)
 
+    async def update_rows(self, table: Table, key: str, rows: Sequence[dict[str, Any]]) -> None:
+        """``UPDATE table SET … WHERE key = row[key]`` for many rows given as dicts with the
+        same keys. SQLite: one ``UPDATE … FROM (VALUES …)`` per chunk (see ``_values``)."""
+        if not rows:
+            return
+        columns = [key, *(c for c in rows[0] if c != key)]
+        values = [tuple(r[c] for c in columns) for r in rows]
+        if self.pg:
+            sets = ", ".join(f"{c} = ${i + 2}" for i, c in enumerate(columns[1:]))
+            sql = f"UPDATE {table.name} SET {sets} WHERE {key} = $1"
+            await self.driver.executemany(sql, values)
+            return
+        sets = ", ".join(f"{c} = v.column{i + 2}" for i, c in enumerate(columns[1:]))
+        await self._values(
+            f"UPDATE {table.name} SET {sets} FROM (VALUES",
+            f") AS v WHERE {table.name}.{key} = v.column1",
+            len(columns),
+            values,
+        )
+
     async def _values(
         self, prefix: str, suffix: str, per_row: int, rows: Sequence[Sequence[Any]]
     ) -> None:

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from sqlalchemy import and_, bindparam, exists, or_, select, update
+from sqlalchemy import exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.bulk import Bulk
 from app.clock import Clock
 from app.db import decisions, deliveries, delivery_attempts, destinations, dialect_of
 from app.delivery import formats, retry, signing
@@ -43,6 +44,8 @@ POLL_SECONDS = 1.0
 # (a burst drains in moments); otherwise past 4 x concurrency, deliveries wait unclaimed.
 HEALTHY_SECONDS = 2.0
 RESPONSE_BODY_CAP = 4096
+# How long recording waits after the first result for more to write with it.
+RECORD_LINGER_SECONDS = 0.01
 GONE = 410  # the receiver says the endpoint is gone for good: stop sending to it
 
 
@@ -394,6 +397,9 @@ class Dispatcher:
     async def _write_loop(self) -> None:
         while True:
             await self._results_ready.wait()
+            # Gather a few more: at hundreds of webhooks a second a transaction per one or
+            # two attempts took a sizeable share of the CPU (and of SQLite's write lock).
+            await asyncio.sleep(RECORD_LINGER_SECONDS)
             self._results_ready.clear()
             try:
                 async with self._writing:
@@ -487,36 +493,25 @@ class Dispatcher:
                 finished.add((job.destination_id, job.order_key))
             updates.append(
                 {
-                    "b_id": job.id,
-                    "b_status": status,
-                    "b_attempts": n,
-                    "b_next": next_at,
-                    "b_code": o.status_code,
-                    "b_error": "destination_deleted" if o.skipped == "deleted" else o.error,
-                    "b_delivered": delivered_at,
-                    "b_locked": locked,
+                    "id": job.id,
+                    "status": status,
+                    "attempts": n,
+                    "next_attempt_at": next_at,
+                    "last_status_code": o.status_code,
+                    "last_error": "destination_deleted" if o.skipped == "deleted" else o.error,
+                    "delivered_at": delivered_at,
+                    "locked_until": locked,
                 }
             )
-        stmt = (
-            update(deliveries)
-            .where(and_(deliveries.c.id == bindparam("b_id")))
-            .values(
-                status=bindparam("b_status"),
-                attempts=bindparam("b_attempts"),
-                next_attempt_at=bindparam("b_next"),
-                last_status_code=bindparam("b_code"),
-                last_error=bindparam("b_error"),
-                delivered_at=bindparam("b_delivered"),
-                locked_until=bindparam("b_locked"),
-            )
-        )
         gone = sorted({o.job.destination_id for o in batch if o.status_code == GONE})
         known = await self._destinations.all()
         async with self._sessionmaker() as session, session.begin():
+            # At the driver, a statement per chunk: the write lock this transaction holds
+            # is the one the pipeline's next transaction waits for.
+            bulk = await Bulk.of(session)
+            await bulk.insert_rows(delivery_attempts, attempts)
+            await bulk.update_rows(deliveries, "id", updates)
             conn = await session.connection()
-            if attempts:
-                await conn.execute(delivery_attempts.insert(), attempts)
-            await conn.execute(stmt, updates)
             failing, changed = await self._track_failures(conn, known, succeeded, failed, now)
             disabled = await disable(conn, gone, reason="http_410", now=now)
             disabled_failing = await disable(conn, failing, reason="failing", now=now)
