@@ -14,14 +14,23 @@ from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Table
+import orjson
+from sqlalchemy import Float, Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import dialect_of
 
 SQLITE_MAX_VARS = 32_000
 
+INEXACT = "inexact"
+
 _thread = threading.local()
+
+
+def _exact_real(column: str) -> str:
+    """A REAL column as text that parses back to the same double, or ``INEXACT``."""
+    text = f"printf('%!.17g', {column})"
+    return f"iif({column} IS NULL, NULL, iif(CAST({text} AS REAL) = {column}, {text}, '{INEXACT}'))"
 
 
 def call_sqlite_directly() -> None:
@@ -29,7 +38,11 @@ def call_sqlite_directly() -> None:
     one to aiosqlite's worker thread and back. For a thread whose event loop runs nothing
     but pipeline transactions (``LoopThread``): a statement then blocks only that loop,
     SQLite's C code still releases the GIL, and a small batch's dozen statements no longer
-    cost two thread hand-offs each (about a third of a routed event's transaction)."""
+    cost two thread hand-offs each (about a third of a routed event's transaction).
+
+    The sqlite3 module also releases the GIL around every step, and while another thread
+    is busy each release costs up to a switch interval to win back: so here a read comes
+    back as one JSON document (one step) and writes are multi-row statements."""
     _thread.direct = True
 
 
@@ -82,9 +95,35 @@ class Bulk:
         step = SQLITE_MAX_VARS
         for i in range(0, len(values), step):
             chunk = values[i : i + step]
-            sql = f"SELECT {cols} FROM {table.name} WHERE {key} IN ({','.join('?' * len(chunk))})"
-            out.extend(await self._fetchall(sql, chunk))
+            where = f"WHERE {key} IN ({','.join('?' * len(chunk))})"
+            rows: Sequence[Sequence[Any]] | None = None
+            if self.direct is not None:
+                # A step per row would be a GIL hand-off per row (see call_sqlite_directly).
+                rows = self._select_json(table, columns, where, chunk)
+            if rows is None:
+                rows = await self._fetchall(f"SELECT {cols} FROM {table.name} {where}", chunk)
+            out.extend(rows)
         return out
+
+    def _select_json(
+        self, table: Table, columns: Sequence[str], where: str, params: Sequence[Any]
+    ) -> list[list[Any]] | None:
+        """The rows as one JSON document, built in one step (see ``call_sqlite_directly``).
+        JSON prints a REAL with 15 digits, so REAL columns travel as 17-digit text, which
+        SQLite checks parses back to the same double; None when any did not (then the
+        caller reads the rows the plain way)."""
+        reals = [i for i, c in enumerate(columns) if isinstance(table.c[c].type, Float)]
+        exprs = ", ".join(_exact_real(c) if i in reals else c for i, c in enumerate(columns))
+        sql = f"SELECT json_group_array(json_array({exprs})) FROM {table.name} {where}"
+        rows: list[list[Any]] = orjson.loads(self.direct.execute(sql, params).fetchone()[0])
+        for r in rows:
+            for i in reals:
+                v = r[i]
+                if v is not None:
+                    if v == INEXACT:
+                        return None
+                    r[i] = float(v)
+        return rows
 
     async def select_all(self, table: Table, columns: Sequence[str]) -> list[Sequence[Any]]:
         """``SELECT columns FROM table`` as plain tuples (small tables only)."""

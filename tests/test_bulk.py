@@ -1,0 +1,130 @@
+"""Driver-level bulk statements on a real SQLite file: the pipeline thread's one-step
+forms (JSON reads, multi-row writes) return and store exactly what the plain forms do."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import pytest
+from sqlalchemy import Column, Float, Integer, MetaData, String, Table, Text
+
+from app import bulk
+from app.bulk import Bulk
+
+metadata = MetaData()
+things = Table(
+    "things",
+    metadata,
+    Column("key", String(40), primary_key=True),
+    Column("x", Float),
+    Column("n", Integer),
+    Column("s", Text),
+)
+COLUMNS = ("key", "x", "n", "s")
+TRICKY_TEXT = ['a"b\\c', "é☃ \u2028", '{"json": [1, 2]}', "", "0.1", "null"]
+
+
+def _rows(n: int, seed: int) -> list[tuple[Any, ...]]:
+    rng = random.Random(seed)
+    out: list[tuple[Any, ...]] = []
+    for i in range(n):
+        x = rng.choice(
+            [
+                rng.random() * 10 ** rng.randint(-8, 15),
+                rng.uniform(1.7e9, 1.8e9),  # a timestamp
+                None,
+                5e-324,
+                2.2250738585072014e-308,
+                float(rng.randint(-5, 5)),
+            ]
+        )
+        s = rng.choice([*TRICKY_TEXT, None])
+        out.append((f"k{i:05d}", x, rng.choice([None, 0, -3, 2**62]), s))
+    return out
+
+
+@pytest.fixture
+def direct() -> Iterator[None]:
+    """Run as the pipeline thread does (the thread-local is per thread: reset after)."""
+    bulk.call_sqlite_directly()
+    yield
+    bulk._thread.direct = False
+
+
+async def _open(path: Path) -> aiosqlite.Connection:
+    conn = await aiosqlite.connect(path, check_same_thread=False)
+    await conn.execute("CREATE TABLE things (key TEXT PRIMARY KEY, x REAL, n INTEGER, s TEXT)")
+    return conn
+
+
+def _plain(path: Path) -> dict[str, tuple[Any, ...]]:
+    with sqlite3.connect(path) as c:
+        return {r[0]: tuple(r) for r in c.execute("SELECT key, x, n, s FROM things")}
+
+
+async def test_one_step_reads_and_writes_match_the_plain_forms(
+    tmp_path: Path, direct: None
+) -> None:
+    path = tmp_path / "b.db"
+    conn = await _open(path)
+    try:
+        b = Bulk(conn, "sqlite")
+        assert b.direct is not None  # the one-step forms are under test
+        rows = _rows(3000, seed=1)
+        await b.upsert(things, COLUMNS, ("key",), rows)
+        await conn.commit()
+        stored = _plain(path)
+        assert stored == {r[0]: r for r in rows}  # multi-row VALUES wrote every value exactly
+        keys = [r[0] for r in rows[::3]] + ["missing"]
+        got = await b.select_in(things, COLUMNS, "key", keys)
+        assert sorted(tuple(r) for r in got) == sorted(stored[k] for k in keys if k in stored)
+        # Every float came back as the same double, not the 15 digits JSON prints.
+        assert all(isinstance(r[1], float) or r[1] is None for r in got), (
+            "REAL columns come back as floats"
+        )
+        # An upsert changes what it names and leaves the rest.
+        changed = [(r[0], 0.1, 7, "changed") for r in rows[:10]]
+        await b.upsert(things, COLUMNS, ("key",), changed)
+        await b.update_rows(things, "key", [{"key": rows[10][0], "x": 1.5, "s": None}])
+        await conn.commit()
+        stored = _plain(path)
+        assert all(stored[r[0]] == r for r in changed)
+        assert stored[rows[10][0]] == (rows[10][0], 1.5, rows[10][2], None)
+        assert stored[rows[11][0]] == rows[11]
+    finally:
+        await conn.close()
+
+
+async def test_a_real_that_does_not_survive_17_digits_falls_back_to_the_plain_read(
+    tmp_path: Path, direct: None
+) -> None:
+    path = tmp_path / "b.db"
+    conn = await _open(path)
+    try:
+        b = Bulk(conn, "sqlite")
+        biggest = 1.7976931348623157e308  # SQLite prints it as ...156e+308
+        await b.insert_rows(things, [{"key": "max", "x": biggest, "n": 1, "s": "x"}])
+        where = "WHERE key IN (?)"
+        assert b._select_json(things, COLUMNS, where, ["max"]) is None
+        [row] = await b.select_in(things, COLUMNS, "key", ["max"])
+        assert tuple(row) == ("max", biggest, 1, "x")
+    finally:
+        await conn.close()
+
+
+async def test_without_the_pipeline_thread_the_driver_worker_is_used(tmp_path: Path) -> None:
+    conn = await _open(tmp_path / "b.db")
+    try:
+        b = Bulk(conn, "sqlite")
+        assert b.direct is None
+        rows = _rows(50, seed=2)
+        await b.upsert(things, COLUMNS, ("key",), rows)
+        got = await b.select_in(things, COLUMNS, "key", [r[0] for r in rows])
+        assert sorted(tuple(r) for r in got) == sorted(rows)
+    finally:
+        await conn.close()
