@@ -62,6 +62,12 @@ class Bulk:
             return list(self.direct.execute(sql, params).fetchall())
         return list(await self.driver.execute_fetchall(sql, params))
 
+    async def _execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        if self.direct is not None:
+            self.direct.execute(sql, params)
+        else:
+            await self.driver.execute(sql, params)
+
     async def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if self.direct is not None:
             self.direct.executemany(sql, rows)
@@ -224,11 +230,7 @@ class Bulk:
         for i in range(0, len(rows), step):
             chunk = rows[i : i + step]
             sql = f"{prefix} {','.join([one] * len(chunk))} {suffix}"
-            params = [v for row in chunk for v in row]
-            if self.direct is not None:
-                self.direct.execute(sql, params)
-            else:
-                await self.driver.execute(sql, params)
+            await self._execute(sql, [v for row in chunk for v in row])
 
     async def update_where(
         self, table: Table, column: str, pairs: Sequence[tuple[Any, Any]]
@@ -260,19 +262,24 @@ class Bulk:
             )
             result = await self.driver.fetch(sql, *[list(c) for c in zip(*rows, strict=True)])
             return {r[0] for r in result}
-        inserted: set[Any] = set()
-        per_row = len(columns)
-        step = max(1, SQLITE_MAX_VARS // per_row)
-        one = "(" + ",".join("?" * per_row) + ")"
-        for i in range(0, len(rows), step):
-            chunk = rows[i : i + step]
-            sql = (
-                f"INSERT INTO {table.name} ({cols}) VALUES {','.join([one] * len(chunk))} "
-                f"ON CONFLICT ({key}) DO NOTHING RETURNING {key}"
+        # Not ``RETURNING``: SQLite hands its rows back a step each (a GIL hand-off each,
+        # see ``call_sqlite_directly``). A no-op write first takes the write lock, so no
+        # other writer can add one of these keys between the look-up and the insert.
+        await self._execute(f"UPDATE {table.name} SET {key} = {key} WHERE 0")
+        k = columns.index(key)
+        present: set[Any] = set()
+        for i in range(0, len(rows), SQLITE_MAX_VARS):
+            chunk = [row[k] for row in rows[i : i + SQLITE_MAX_VARS]]
+            marks = ",".join("?" * len(chunk))
+            found = await self._fetchall(
+                f"SELECT json_group_array({key}) FROM {table.name} WHERE {key} IN ({marks})",
+                chunk,
             )
-            params = [v for row in chunk for v in row]
-            inserted.update(r[0] for r in await self._fetchall(sql, params))
-        return inserted
+            present.update(orjson.loads(found[0][0]))
+        new = [row for row in rows if row[k] not in present]
+        prefix = f"INSERT INTO {table.name} ({cols}) VALUES"
+        await self._values(prefix, f"ON CONFLICT ({key}) DO NOTHING", len(columns), new)
+        return {row[k] for row in new}
 
 
 @cache

@@ -128,3 +128,46 @@ async def test_without_the_pipeline_thread_the_driver_worker_is_used(tmp_path: P
         assert sorted(tuple(r) for r in got) == sorted(rows)
     finally:
         await conn.close()
+
+
+async def test_insert_new_reports_only_the_keys_it_inserted(tmp_path: Path, direct: None) -> None:
+    conn = await _open(tmp_path / "b.db")
+    try:
+        b = Bulk(conn, "sqlite")
+        first = await b.insert_new(
+            things, COLUMNS, "key", (), [("a", 1.0, 1, "x"), ("b", 2.0, 2, "y")]
+        )
+        assert first == {"a", "b"}
+        again = await b.insert_new(
+            things, COLUMNS, "key", (), [("b", 9.0, 9, "changed"), ("c", 3.0, 3, "z")]
+        )
+        assert again == {"c"}
+        await conn.commit()
+        stored = _plain(tmp_path / "b.db")
+        assert stored["b"] == ("b", 2.0, 2, "y")  # an existing row is left as it was
+        assert set(stored) == {"a", "b", "c"}
+    finally:
+        await conn.close()
+
+
+async def test_insert_new_holds_the_write_lock_from_its_first_statement(
+    tmp_path: Path, direct: None
+) -> None:
+    """The look-up runs under the write lock: even when every key exists already (nothing
+    to insert), no other connection can write until the transaction ends."""
+    path = tmp_path / "b.db"
+    conn = await _open(path)
+    try:
+        b = Bulk(conn, "sqlite")
+        await b.insert_new(things, COLUMNS, "key", (), [("a", 1.0, 1, "x")])
+        await conn.commit()
+        assert await b.insert_new(things, COLUMNS, "key", (), [("a", 1.0, 1, "x")]) == set()
+        other = sqlite3.connect(path, timeout=0.05)
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            other.execute("INSERT INTO things (key) VALUES ('z')")
+        await conn.rollback()
+        other.execute("INSERT INTO things (key) VALUES ('z')")  # free once it ends
+        other.commit()
+        other.close()
+    finally:
+        await conn.close()
