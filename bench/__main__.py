@@ -28,7 +28,9 @@ topic and consumer group of its own:
 6. pipeline throughput: a keyed backlog produced straight to the service's topic, applied
    by the service's consumer (``intent_events_ingested_total{transport="kafka"}``);
 7. event → webhook through Kafka: HTTP ingest produces (202 after the broker's ack), the
-   consumer applies, the dispatcher delivers — a realistic mix and a short strict run.
+   consumer applies, the dispatcher delivers — a realistic mix and a short strict run;
+7b. the realistic mix again with the roles in two processes (API | consumer+dispatcher),
+   the way a 2-core machine would run them.
 
 Subprocesses, services this run started and the temporary directory are removed on
 exit, Ctrl-C and errors; a broker found running is reused and left running.
@@ -116,6 +118,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kafka-rate", type=float, default=1_000.0, help="phase 7 events/s")
     p.add_argument("--kafka-seconds", type=float, default=10.0, help="phase 7 duration")
     p.add_argument("--kafka-strict-rate", type=float, default=500.0)
+    p.add_argument(
+        "--kafka-split-seconds", type=float, default=10.0, help="phase 7b duration; 0 skips it"
+    )
     p.add_argument("--kafka-strict-seconds", type=float, default=3.0, help="0 skips it")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--profile", action="store_true", help="sample the service with py-spy")
@@ -127,6 +132,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.single_seconds, args.latency_seconds, args.baseline_seconds = 3.0, 5.0, 2.0
         args.mix_seconds, args.kafka_raw_events, args.kafka_events = 5.0, 50_000, 20_000
         args.kafka_seconds, args.kafka_strict_seconds = 4.0, 2.0
+        args.kafka_split_seconds = 4.0
         args.delivery_seconds = 20.0
     if args.mix_every < 1:
         p.error("--mix-every must be at least 1")
@@ -690,6 +696,8 @@ class Bench:
                 await self.start_service("service-kafka-3", env, fresh=False)
                 line("restarted on a fresh topic", topic)
             await self.kafka_latency()
+            if self.args.kafka_split_seconds > 0:
+                await self.kafka_split(env, self.args.kafka_split_seconds)
         except (KafkaError, TimeoutError) as exc:
             note = f"Kafka phases failed: {type(exc).__name__}: {exc}"
             print(f"  {note}", flush=True)
@@ -871,6 +879,49 @@ class Bench:
                 ),
                 drain=30.0,
             )
+
+    async def kafka_split(self, env: dict[str, str], seconds: float) -> None:
+        """Phase 7 again with the roles in two processes, as a 2-core deployment runs them:
+        HTTP ingest → Kafka in one, consumer + dispatcher in the other."""
+        args = self.args
+        header(
+            "7b. The same through Kafka with the roles split: one process answers HTTP and "
+            "produces (INTENT_ROLES=api), another consumes and delivers "
+            "(INTENT_ROLES=consumer,dispatcher)"
+        )
+        await self.stop_service("single-process Kafka-mode service stopped")
+        port = free_port()
+        worker = Child(
+            "service-kafka-worker",
+            [venv_bin("intent-router"), "serve", "--host", "127.0.0.1", "--port", f"{port}"],
+            env={**env, "INTENT_ROLES": "consumer,dispatcher"},
+            workdir=self.workdir,
+        )
+        try:
+            await wait_http_ok(f"http://127.0.0.1:{port}/readyz", worker, 60)
+            await self.start_service(
+                "service-kafka-api", {**env, "INTENT_ROLES": "api"}, fresh=False
+            )
+            line("API process (INTENT_ROLES=api)", f"pid {self.svc.pid}", self.base)
+            line("worker process (consumer,dispatcher)", f"pid {worker.pid}", f"port {port}")
+            line("  CPU and pipeline lines below", "the API process only")
+            every = args.mix_every
+            await self.offer(
+                args.kafka_rate,
+                seconds,
+                "kafka-split",
+                self.mixed_events(),
+                kind=f"1 in {every} routed, roles split",
+                label=(
+                    f"event→webhook via Kafka @ {args.kafka_rate:,g}/s, 1 in {every} routed, "
+                    "api | consumer+dispatcher processes"
+                ),
+                target=TARGET_KAFKA_WEBHOOK_P99,
+                drain=30.0,
+            )
+        finally:
+            rc = await asyncio.to_thread(worker.stop, 20.0)
+            line("worker process stopped", f"exit code {rc}")
 
     async def delivery_phase(self) -> None:
         await delivery_phase.run(self, lambda db: service_env(self.workdir, db))
