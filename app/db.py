@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from app.config import Settings
+from app.wal import BACKSTOP_PAGES
 
 metadata = MetaData(
     naming_convention={
@@ -302,6 +303,8 @@ def make_engine(settings: Settings) -> AsyncEngine:
             cur.execute("PRAGMA cache_size=-131072")
             cur.execute("PRAGMA temp_store=MEMORY")
             cur.execute("PRAGMA foreign_keys=ON")
+            # The service checkpoints on a thread of its own (app.wal); this is the backstop.
+            cur.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
             cur.close()
 
         return engine

@@ -38,6 +38,7 @@ from app.observability import metrics
 from app.policy.schema import CompiledPolicy
 from app.policy.store import active_policy, ensure_default
 from app.routing.sla import SlaTimer
+from app.wal import Checkpointer
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,10 @@ class Runtime:
         self.consumer: KafkaIngest | None = None
         self.producer: KafkaProducerIngest | None = None
         self.pipeline_loop = LoopThread(settings) if settings.pipeline_thread else None
+        path = settings.sqlite_path()
+        self.checkpointer = (
+            Checkpointer(path, synchronous=settings.sqlite_synchronous) if path else None
+        )
 
     async def prepare(self, *, migrate: bool = True) -> None:
         """Schema at head, the active policy (the default on a first start) and, on an
@@ -117,6 +122,8 @@ class Runtime:
         roles = set(self.settings.roles)
         dispatcher = dispatcher and "dispatcher" in roles
         await self.prepare(migrate=migrate)
+        if self.checkpointer is not None:
+            self.checkpointer.start()
         if self.pipeline_loop is not None:
             self.pipeline_loop.start()
         if dispatcher:
@@ -179,6 +186,8 @@ class Runtime:
             await self.sla.stop()
         if self.dispatcher is not None:
             await self.dispatcher.stop()
+        if self.checkpointer is not None:
+            await asyncio.to_thread(self.checkpointer.stop)
         await self.engine.dispose()
 
     def set_policy(self, policy: CompiledPolicy) -> None:

@@ -377,14 +377,16 @@ class Bench:
                 print(f"     {text}")
         return m
 
-    def service_lines(self, m: dict[str, float], wall: float) -> None:
+    def service_lines(
+        self, m: dict[str, float], wall: float, cpu: CpuMeter | None = None, who: str = "service"
+    ) -> None:
         """The service's own view: pipeline transactions, their size and busy share."""
         n = m.get("intent_pipeline_batch_seconds_count", 0.0)
         if n:
             busy = m.get("intent_pipeline_batch_seconds_sum", 0.0)
             events = m.get("intent_pipeline_batch_events_sum", 0.0)
             line(
-                "service pipeline transactions",
+                f"{who} pipeline transactions",
                 f"{n:,.0f}",
                 f"avg {events / n:,.1f} events, {1000 * busy / n:.1f} ms each",
             )
@@ -400,7 +402,7 @@ class Bench:
             f"{m.get('intent_deliveries_total|failed', 0):,.0f}",
             f"({m.get('intent_decisions_suppressed_total', 0):,.0f} suppressed by cooldown)",
         )
-        line("CPU (100% = one core)", "", self.cpu.summary())
+        line("CPU (100% = one core)", "", (cpu or self.cpu).summary(who))
 
     # -- phases ----------------------------------------------------------------------------
     async def setup(self) -> None:
@@ -904,7 +906,13 @@ class Bench:
             )
             line("API process (INTENT_ROLES=api)", f"pid {self.svc.pid}", self.base)
             line("worker process (consumer,dispatcher)", f"pid {worker.pid}", f"port {port}")
-            line("  CPU and pipeline lines below", "the API process only")
+            line("  CPU and pipeline lines below", "the API process, then the worker")
+            wclient = httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{port}", headers=self.auth, timeout=30
+            )
+            m0 = await scrape(wclient)
+            wcpu = CpuMeter(worker.pid, self.receiver.pid, self.broker_pid)
+            wcpu.start()
             every = args.mix_every
             await self.offer(
                 args.kafka_rate,
@@ -919,6 +927,10 @@ class Bench:
                 target=TARGET_KAFKA_WEBHOOK_P99,
                 drain=30.0,
             )
+            wcpu.stop()
+            m = diff(await scrape(wclient), m0)
+            await wclient.aclose()
+            self.service_lines(m, wcpu.wall, wcpu, who="worker")
         finally:
             rc = await asyncio.to_thread(worker.stop, 20.0)
             line("worker process stopped", f"exit code {rc}")

@@ -131,10 +131,10 @@ class CpuMeter:
     def share(self, name: str) -> float:
         return 100 * self.used.get(name, 0.0) / self.wall if self.wall > 0 else math.nan
 
-    def summary(self) -> str:
+    def summary(self, who: str = "service") -> str:
         loop, total = self.share("loop"), self.share("service")
         return (
-            f"service {total:.0f}% (event loop thread {loop:.0f}%, other threads "
+            f"{who} {total:.0f}% (event loop thread {loop:.0f}%, other threads "
             f"{total - loop:.0f}%), receiver {self.share('receiver'):.0f}%, "
             f"bench client {self.share('client'):.0f}%"
             + (f", Kafka broker {self.share('broker'):.0f}%" if self.broker else "")

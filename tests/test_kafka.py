@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from app.clock import FakeClock
 from app.config import Settings
+from app.ingest.kafka import KafkaIngest, ensure_topics
 from tests.conftest import require_service
 from tests.harness import Spawned, event, eventually, receiver, service
 
@@ -103,8 +105,10 @@ async def test_consumer_scores_native_and_cloudevents_and_dead_letters_poison(
             (orjson.dumps(event("k-5", "teleport", t, email="x@kafka.io")), [], "policy"),
         ]
         key = b"kafka.io"  # one partition: the valid events after the poison must still flow
-        for value, headers, _ in poison:
+        sent = [
             await producer.send_and_wait(topic, value, key=key, headers=headers)
+            for value, headers, _ in poison
+        ]
         await producer.send_and_wait(topic, orjson.dumps(native), key=key)
         await producer.send_and_wait(topic, orjson.dumps(cloud), key=key)
         await producer.send_and_wait(topic, orjson.dumps(native), key=key)  # redelivered
@@ -117,15 +121,54 @@ async def test_consumer_scores_native_and_cloudevents_and_dead_letters_poison(
         assert abs(ana["score"]["intent"] - 35.0) < 1e-3  # the duplicate counted once
         dlq = await dead_letters(bootstrap, topic, len(poison))
         assert len(dlq) == len(poison)
-        for rec, (value, _, stage) in zip(dlq, poison, strict=True):
+        for rec, (value, _, stage), meta in zip(dlq, poison, sent, strict=True):
             headers = dict(rec.headers)
             assert rec.value == value
             assert headers["error-stage"].decode() == stage
             assert headers["error"]
             assert headers["original-topic"].decode() == topic
-            assert int(headers["original-partition"]) == rec.partition or True
-            assert int(headers["original-offset"]) >= 0
+            assert int(headers["original-partition"]) == meta.partition
+            assert int(headers["original-offset"]) == meta.offset
         assert dict(dlq[1].headers)["error-field"] == b"lead.email"
+
+
+@pytest.mark.parametrize("follow_up_ms", [0, 5_000])
+async def test_a_poll_also_takes_what_reached_the_broker_while_the_last_batch_was_applied(
+    bootstrap: str, topic: str, producer: AIOKafkaProducer, follow_up_ms: int
+) -> None:
+    """aiokafka fetches nothing more from a broker while records it fetched are untaken:
+    without the second getmany, a batch is one transaction behind (follow_up_ms=0 shows
+    the fetcher's behaviour the poll works around)."""
+    await ensure_topics(bootstrap, topic, 1)
+    ingest = KafkaIngest(
+        None, bootstrap=bootstrap, topic=topic, group="unused", follow_up_ms=follow_up_ms
+    )
+    consumer = AIOKafkaConsumer(  # started once the first ten are on the broker
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"g-{uuid.uuid4().hex[:8]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    for i in range(10):
+        await producer.send_and_wait(topic, b"a%d" % i)
+    await consumer.start()
+    ingest.consumer = consumer
+    try:
+        first = await consumer.getone()  # one fetch brought all ten; nine wait in the buffer
+        assert first.value == b"a0"
+        for i in range(10):
+            await producer.send_and_wait(topic, b"b%d" % i)
+        await asyncio.sleep(0.5)  # as if applying a batch
+        batches = await ingest._poll()
+        values = [r.value for records in batches.values() for r in records]
+        earlier = [b"a%d" % i for i in range(1, 10)]
+        if follow_up_ms:
+            assert values == earlier + [b"b%d" % i for i in range(10)]
+        else:
+            assert values == earlier
+    finally:
+        await consumer.stop()
 
 
 async def test_http_ingest_produces_to_kafka_and_the_consumer_scores(

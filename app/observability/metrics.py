@@ -66,6 +66,10 @@ OUTBOX_OLDEST_PENDING = Gauge(
     "intent_outbox_oldest_pending_seconds", "Age of the oldest pending delivery (0 when none)"
 )
 DESTINATIONS_OFF = Gauge("intent_destinations_off", "Destinations currently disabled")
+SQLITE_WAL_PAGES = Gauge(
+    "intent_sqlite_wal_pages",
+    "Pages in SQLite's write-ahead log at the last background checkpoint (it should not grow)",
+)
 LEADS_BY_BAND = Gauge("intent_leads", "Leads by current band (as last scored)", ["band"])
 KAFKA_LAG = Gauge(
     "intent_kafka_consumer_lag",
