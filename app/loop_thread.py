@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -33,6 +33,7 @@ class LoopThread:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.engine: AsyncEngine = make_engine(settings)
         self.sessionmaker: async_sessionmaker[AsyncSession] = make_sessionmaker(self.engine)
+        self._write_lock: asyncio.Lock | None = None  # made on the thread's loop
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -46,6 +47,21 @@ class LoopThread:
     async def call(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the thread's loop and await its result from the caller's loop."""
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+    async def write(self, txn: Callable[[async_sessionmaker[AsyncSession]], Awaitable[T]]) -> T:
+        """Run a write transaction on this thread's engine, one at a time. SQLite has one
+        writer; a connection that finds the write lock taken sleeps in SQLite's busy
+        handler (1, 2, 5, 10 ms …) however soon the lock frees, where this lock hands over
+        at once. The pipeline's batches and the dispatcher's records both come here."""
+        return await self.call(self._one_at_a_time(txn))
+
+    async def _one_at_a_time(
+        self, txn: Callable[[async_sessionmaker[AsyncSession]], Awaitable[T]]
+    ) -> T:
+        if self._write_lock is None:
+            self._write_lock = asyncio.Lock()
+        async with self._write_lock:
+            return await txn(self.sessionmaker)
 
     async def stop(self) -> None:
         if not self._thread.is_alive():

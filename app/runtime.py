@@ -138,6 +138,11 @@ class Runtime:
                 schedule=tuple(self.settings.delivery_retry_schedule),
                 jitter=self.settings.delivery_retry_jitter,
                 disable_after=self.settings.delivery_disable_after_seconds,
+                # SQLite: its records queue with the pipeline's batches for the one write
+                # lock (PostgreSQL locks rows, so there the dispatcher writes on its own).
+                writes=self.pipeline_loop.write
+                if self.pipeline_loop is not None and self.settings.is_sqlite
+                else None,
             )
             self.dispatcher.start()
             self.sla = SlaTimer(
@@ -176,8 +181,6 @@ class Runtime:
         if self.consumer is not None:
             await self.consumer.stop()
         await self.batcher.stop()
-        if self.pipeline_loop is not None:
-            await self.pipeline_loop.stop()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -185,7 +188,9 @@ class Runtime:
         if self.sla is not None:
             await self.sla.stop()
         if self.dispatcher is not None:
-            await self.dispatcher.stop()
+            await self.dispatcher.stop()  # before the loop its last records are written on
+        if self.pipeline_loop is not None:
+            await self.pipeline_loop.stop()
         if self.checkpointer is not None:
             await asyncio.to_thread(self.checkpointer.stop)
         await self.engine.dispose()
@@ -298,7 +303,7 @@ class Runtime:
                 )
 
         if self.pipeline_loop is not None:
-            result = await self.pipeline_loop.call(transaction(self.pipeline_loop.sessionmaker))
+            result = await self.pipeline_loop.write(transaction)
         else:
             result = await transaction(self.sessionmaker)
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)

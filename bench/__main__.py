@@ -222,6 +222,7 @@ class Bench:
         self.policy_version: int | None = None  # set once demo_request has HOT_DEMO_POINTS
         self.broker_pid: int | None = None
         self.raw_rate = 0.0  # phase 5a, messages/s
+        self.kafka_bootstrap = self.kafka_topic = ""  # phase 7's broker and topic
         # Set by start() / start_service() / measure_start():
         self.service: Child | None = None
         self.receiver: Child
@@ -581,18 +582,22 @@ class Bench:
         label: str,
         target: float | None = None,
         drain: float = 60.0,
+        topic: kafka_phases.TopicSender | None = None,
     ) -> phases.LatencyRun:
+        """Offer events at ``rate``: single-event POSTs, or onto the topic with ``topic``."""
         print(f"\n  -- {rate:,g} events/s for {seconds:g} s ({kind})", flush=True)
         await phases.wait_quiet(self.hooks, quiet=0.5, within=30)
         (await self.hooks.post("/reset")).raise_for_status()
-        pool = Http1Pool("127.0.0.1", self.port, self.auth)
+        pool: Http1Pool | kafka_phases.TopicSender
+        pool = topic or Http1Pool("127.0.0.1", self.port, self.auth)
         await self.measure_start(name)
         try:
             lat = await phases.offer_events(
                 pool, self.hooks, make, rate=rate, seconds=seconds, drain_timeout=drain
             )
         finally:
-            await pool.close()
+            if topic is None:  # the caller's sender is the caller's to close
+                await pool.close()
         m = await self.measure_stop()
         p, worst, figures = latency_figures(lat)
         routed = lat.routed_offered
@@ -609,13 +614,16 @@ class Bench:
             ms(pct(lat.schedule_lag, 99)),
             f"/ {ms(max(lat.schedule_lag, default=math.nan))}",
         )
-        line("HTTP responses", f"{sum(lat.status.values()):,}", statuses(lat.status))
+        if topic is None:
+            line("HTTP responses", f"{sum(lat.status.values()):,}", statuses(lat.status))
         if lat.unanswered:
             line("  NO response by the end of the drain", f"{lat.unanswered:,}")
         line("events accepted", f"{lat.accepted:,}", "; ".join(lat.errors[:3]))
-        line("  connections opened / retried requests", f"{pool.opened} / {pool.retries}")
-        line("request latency p50", ms(pct(lat.request_latencies, 50)))
-        line("request latency p99", ms(pct(lat.request_latencies, 99)))
+        if topic is None:
+            line("  connections opened / retried requests", f"{pool.opened} / {pool.retries}")
+        what = "request" if topic is None else "produce (until the broker's ack)"
+        line(f"{what} latency p50", ms(pct(lat.request_latencies, 50)))
+        line(f"{what} latency p99", ms(pct(lat.request_latencies, 99)))
         line(
             "lead.routed webhooks received / expected",
             f"{lat.received:,} / {lat.expected:,}",
@@ -697,6 +705,7 @@ class Bench:
                 env.update(INTENT_KAFKA_TOPIC=topic, INTENT_KAFKA_GROUP=f"{group}2")
                 await self.start_service("service-kafka-3", env, fresh=False)
                 line("restarted on a fresh topic", topic)
+            self.kafka_bootstrap, self.kafka_topic = svc.bootstrap, topic
             await self.kafka_latency()
             if self.args.kafka_split_seconds > 0:
                 await self.kafka_split(env, self.args.kafka_split_seconds)
@@ -848,7 +857,7 @@ class Bench:
             f"≥ {100 * TARGET_KAFKA_RATIO:.0f}%",
             verdict(ratio >= TARGET_KAFKA_RATIO),
         )
-        return done >= n
+        return bool(done >= n)
 
     async def kafka_latency(self) -> None:
         args = self.args
@@ -868,6 +877,26 @@ class Bench:
             target=TARGET_KAFKA_WEBHOOK_P99,
             drain=30.0,
         )
+        # A source producing to the topic itself: the same events, no HTTP in the path.
+        sender = kafka_phases.TopicSender(self.kafka_bootstrap, self.kafka_topic, self.free_mail)
+        await sender.start()
+        try:
+            await self.offer(
+                args.kafka_rate,
+                args.kafka_seconds,
+                "kafka-direct",
+                self.mixed_events(),
+                kind=f"1 in {every} routed, produced straight to the topic",
+                label=(
+                    f"event→webhook via Kafka @ {args.kafka_rate:,g}/s, 1 in {every} routed, "
+                    "produced to the topic (no HTTP)"
+                ),
+                target=TARGET_KAFKA_WEBHOOK_P99,
+                drain=30.0,
+                topic=sender,
+            )
+        finally:
+            await sender.close()
         if args.kafka_strict_seconds > 0:
             await self.offer(
                 args.kafka_strict_rate,

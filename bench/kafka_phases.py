@@ -19,8 +19,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
+
+from bench.http1 import HttpError, Response
 from bench.procs import ROOT
 from bench.stats import CpuMeter
+from bench.workload import kafka_key
 
 SERVICES_SH = ROOT / "deploy" / "services.sh"
 UP_TIMEOUT = 240.0
@@ -209,6 +213,42 @@ async def produce(bootstrap: str, topic: str, messages: list[Message]) -> float:
         return time.perf_counter() - t0
     finally:
         await producer.stop()
+
+
+class TopicSender:
+    """Events straight onto the service's topic, as a source producing to Kafka sends
+    them: ``post`` has ``Http1Pool``'s shape, so ``phases.offer_events`` drives it, and
+    answers 202 once the broker has acknowledged (acks=all, idempotent, 1 ms linger: the
+    settings of the service's own HTTP → Kafka producer)."""
+
+    def __init__(self, bootstrap: str, topic: str, free_mail: frozenset[str]) -> None:
+        from aiokafka import AIOKafkaProducer
+
+        self.topic = topic
+        self.free_mail = free_mail
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=1
+        )
+        self.opened = self.retries = 0  # what offer() reports for an HTTP pool
+
+    async def start(self) -> None:
+        await self.producer.start()
+
+    async def post(self, path: str, body: bytes) -> Response:
+        from aiokafka.errors import KafkaError
+
+        key = kafka_key(orjson.loads(body), self.free_mail)
+        try:
+            await self.producer.send_and_wait(self.topic, body, key=key)
+        except KafkaError as exc:
+            raise HttpError(f"produce failed: {exc}") from exc
+        return Response(202, ACCEPTED_ONE)
+
+    async def close(self) -> None:
+        await self.producer.stop()
+
+
+ACCEPTED_ONE = orjson.dumps({"accepted": 1, "duplicates": 0})
 
 
 @dataclass

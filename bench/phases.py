@@ -9,12 +9,12 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import orjson
 
-from bench.http1 import Http1Pool, HttpError
+from bench.http1 import Http1Pool, HttpError, Response
 from bench.workload import Account, EventFactory
 
 JSON = {"content-type": "application/json"}
@@ -256,8 +256,14 @@ def _parse_ts(text: str | None) -> float | None:
 MakeEvent = Callable[[int, float], tuple[dict[str, Any], bool]]
 
 
+class Sender(Protocol):
+    """What offers one event: an HTTP pool, or a producer onto the service's topic."""
+
+    async def post(self, path: str, body: bytes) -> Response: ...
+
+
 async def offer_events(
-    pool: Http1Pool,
+    pool: Sender,
     rec: httpx.AsyncClient,
     make: MakeEvent,
     *,

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +74,11 @@ class Outcome:
     skipped: str | None = None
 
 
+# A write transaction, given the sessionmaker to open it with, and what runs one.
+Transaction = Callable[[async_sessionmaker[AsyncSession]], Awaitable[Any]]
+Writes = Callable[[Transaction], Awaitable[Any]]
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -88,8 +93,12 @@ class Dispatcher:
         schedule: tuple[float, ...] = retry.SCHEDULE,
         jitter: float = retry.JITTER,
         disable_after: float = 5 * 86400,
+        writes: Writes | None = None,
     ) -> None:
         self._sessionmaker = sessionmaker
+        # Where the write transactions run (``LoopThread.write`` on SQLite); by default
+        # here, on the dispatcher's own sessions.
+        self._writes: Writes = writes or self._write_here
         self._destinations = destinations
         self._guard = guard
         self._clock = clock
@@ -120,6 +129,9 @@ class Dispatcher:
         self._tasks: list[asyncio.Task[None]] = []
         self._poll_now = asyncio.Event()
         self.running = False
+
+    async def _write_here(self, txn: Transaction) -> Any:
+        return await txn(self._sessionmaker)
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -204,16 +216,33 @@ class Dispatcher:
             deliveries.c.next_attempt_at <= now,
             or_(deliveries.c.locked_until.is_(None), deliveries.c.locked_until < now),
         ]
-        jobs: list[Job] = []
         known = await self._destinations.all()
-        dest_ids = [d.id for d in known.values() if d.enabled]
-        async with self._sessionmaker() as session, session.begin():
+        rooms = {
+            d.id: self._queue_cap - self._held[d.id]
+            for d in known.values()
+            if d.enabled and self._held[d.id] < self._queue_cap
+        }
+        if not rooms:
+            return []
+
+        async def claim(sessionmaker: async_sessionmaker[AsyncSession]) -> list[Job]:
+            return await self._claim(sessionmaker, rooms, due, now)
+
+        jobs: list[Job] = await self._writes(claim)
+        return jobs
+
+    async def _claim(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        rooms: dict[str, int],
+        due: list[Any],
+        now: float,
+    ) -> list[Job]:
+        jobs: list[Job] = []
+        async with sessionmaker() as session, session.begin():
             pg = dialect_of(session) == "postgresql"
             earlier = deliveries.alias("earlier")
-            for dest_id in dest_ids:
-                room = self._queue_cap - self._held[dest_id]
-                if room <= 0:
-                    continue
+            for dest_id, room in rooms.items():
                 heads = (
                     select(deliveries.c.id)
                     .where(
@@ -413,13 +442,17 @@ class Dispatcher:
     async def _flush(self) -> None:
         if self._release:
             released, self._release = self._release, []
-            try:
-                async with self._sessionmaker() as session, session.begin():
+
+            async def release(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+                async with sessionmaker() as session, session.begin():
                     await session.execute(
                         update(deliveries)
                         .where(deliveries.c.id.in_(released))
                         .values(locked_until=None)
                     )
+
+            try:
+                await self._writes(release)
             except Exception:
                 self._release = released + self._release
                 raise
@@ -505,16 +538,23 @@ class Dispatcher:
             )
         gone = sorted({o.job.destination_id for o in batch if o.status_code == GONE})
         known = await self._destinations.all()
-        async with self._sessionmaker() as session, session.begin():
-            # At the driver, a statement per chunk: the write lock this transaction holds
-            # is the one the pipeline's next transaction waits for.
-            bulk = await Bulk.of(session)
-            await bulk.insert_rows(delivery_attempts, attempts)
-            await bulk.update_rows(deliveries, "id", updates)
-            conn = await session.connection()
-            failing, changed = await self._track_failures(conn, known, succeeded, failed, now)
-            disabled = await disable(conn, gone, reason="http_410", now=now)
-            disabled_failing = await disable(conn, failing, reason="failing", now=now)
+
+        async def record(
+            sessionmaker: async_sessionmaker[AsyncSession],
+        ) -> tuple[list[str], list[str], bool]:
+            async with sessionmaker() as session, session.begin():
+                # At the driver, a statement per chunk: the write lock this transaction
+                # holds is the one the pipeline's next transaction waits for.
+                bulk = await Bulk.of(session)
+                await bulk.insert_rows(delivery_attempts, attempts)
+                await bulk.update_rows(deliveries, "id", updates)
+                conn = await session.connection()
+                failing, changed = await self._track_failures(conn, known, succeeded, failed, now)
+                disabled = await disable(conn, gone, reason="http_410", now=now)
+                disabled_failing = await disable(conn, failing, reason="failing", now=now)
+                return disabled, disabled_failing, changed
+
+        disabled, disabled_failing, changed = await self._writes(record)
         for dest_id in disabled:
             log.warning("destination %s answered 410 Gone: disabled until re-enabled", dest_id)
             metrics.DESTINATIONS_DISABLED.labels("http_410").inc()
