@@ -28,7 +28,9 @@ topic and consumer group of its own:
 6. pipeline throughput: a keyed backlog produced straight to the service's topic, applied
    by the service's consumer (``intent_events_ingested_total{transport="kafka"}``);
 7. event → webhook through Kafka: HTTP ingest produces (202 after the broker's ack), the
-   consumer applies, the dispatcher delivers — a realistic mix and a short strict run;
+   consumer applies, the dispatcher delivers — a realistic mix; the same mix produced by
+   this process straight onto the topic, as a source writing to Kafka would
+   (``kafka_phases.TopicSender``, no HTTP in the path); and a short strict run;
 7b. the realistic mix again with the roles in two processes (API | consumer+dispatcher),
    the way a 2-core machine would run them.
 
