@@ -459,6 +459,26 @@ async def test_a_slow_endpoint_holds_up_only_its_own_deliveries(
         assert max(h.arrived for h in healthy.hits) < min(answered)
 
 
+async def test_a_hand_back_polls_only_where_the_queue_has_room_again(
+    settings: Settings, clock: FakeClock
+) -> None:
+    """Claims given back for a full queue (a dead endpoint's) wait for that queue to drain,
+    which pokes the poller itself; a poll per hand-back would only run claims for the
+    healthy destinations, which have nothing waiting."""
+    async with service(settings, clock) as svc:
+        dispatcher = svc.runtime.dispatcher
+        assert dispatcher is not None
+        dispatcher._backlogged = {"dst_full"}
+        dispatcher._poll_now.clear()
+        dispatcher._release = [("dlv_1", "dst_full")]
+        await dispatcher._flush()
+        assert dispatcher._release == [] and not dispatcher._poll_now.is_set()
+        # its room came back while the hand-back was being written: claim now
+        dispatcher._release = [("dlv_2", "dst_drained")]
+        await dispatcher._flush()
+        assert dispatcher._poll_now.is_set()
+
+
 async def _hit(ep: Endpoint) -> bool:
     return bool(ep.hits)
 

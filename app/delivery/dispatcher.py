@@ -117,7 +117,8 @@ class Dispatcher:
         # pipeline's claims on it are released), and the poller tops the queue up.
         self._held: Counter[str] = Counter()
         self._queue_cap = concurrency * 4
-        self._release: list[str] = []  # delivery ids whose claim we give back
+        # Claims we give back: (delivery id, destination id).
+        self._release: list[tuple[str, str]] = []
         self._last_success: dict[str, float] = {}  # destination → monotonic time
         self._backlogged: set[str] = set()  # destinations with deliveries given back
         # Lanes with a delivery waiting in the database behind one of ours.
@@ -169,7 +170,7 @@ class Dispatcher:
             if self._held[d.destination_id] >= self._queue_cap and not self._healthy(
                 d.destination_id
             ):
-                self._release.append(d.id)
+                self._release.append((d.id, d.destination_id))
                 self._backlogged.add(d.destination_id)
                 self._results_ready.set()  # the writer gives the claims back
                 continue
@@ -447,7 +448,7 @@ class Dispatcher:
                 async with sessionmaker() as session, session.begin():
                     await session.execute(
                         update(deliveries)
-                        .where(deliveries.c.id.in_(released))
+                        .where(deliveries.c.id.in_([i for i, _ in released]))
                         .values(locked_until=None)
                     )
 
@@ -456,7 +457,12 @@ class Dispatcher:
             except Exception:
                 self._release = released + self._release
                 raise
-            self.poke()  # claimable now: the poller takes what each queue has room for
+            # Claimable now, but only worth a poll where the queue has room again (its
+            # room came back while this was written); a full queue's poke comes when it
+            # drains (``_deliver``). A poll per hand-back ran a claim for every healthy
+            # destination up to a hundred times a second beside a dead endpoint.
+            if any(dest_id not in self._backlogged for _, dest_id in released):
+                self.poke()
         if not self._results:
             return
         batch, self._results = self._results, []
