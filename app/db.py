@@ -7,7 +7,8 @@ orjson, identical on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import (
@@ -311,6 +312,11 @@ def make_engine(settings: Settings) -> AsyncEngine:
     return create_async_engine(
         settings.database_url, pool_size=10, max_overflow=10, pool_pre_ping=True
     )
+
+
+T = TypeVar("T")
+# A transaction to run: given the sessionmaker to open it with (``LoopThread.write``).
+Transaction = Callable[[async_sessionmaker[AsyncSession]], Awaitable[T]]
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.bulk import call_sqlite_directly
 from app.config import Settings
-from app.db import make_engine, make_sessionmaker
+from app.db import Transaction, make_engine, make_sessionmaker
 
 T = TypeVar("T")
 
@@ -48,16 +48,14 @@ class LoopThread:
         """Run ``coro`` on the thread's loop and await its result from the caller's loop."""
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
 
-    async def write(self, txn: Callable[[async_sessionmaker[AsyncSession]], Awaitable[T]]) -> T:
+    async def write(self, txn: Transaction[T]) -> T:
         """Run a write transaction on this thread's engine, one at a time. SQLite has one
         writer; a connection that finds the write lock taken sleeps in SQLite's busy
         handler (1, 2, 5, 10 ms …) however soon the lock frees, where this lock hands over
         at once. The pipeline's batches and the dispatcher's records both come here."""
         return await self.call(self._one_at_a_time(txn))
 
-    async def _one_at_a_time(
-        self, txn: Callable[[async_sessionmaker[AsyncSession]], Awaitable[T]]
-    ) -> T:
+    async def _one_at_a_time(self, txn: Transaction[T]) -> T:
         if self._write_lock is None:
             self._write_lock = asyncio.Lock()
         async with self._write_lock:

@@ -224,7 +224,6 @@ class Bench:
         self.policy_version: int | None = None  # set once demo_request has HOT_DEMO_POINTS
         self.broker_pid: int | None = None
         self.raw_rate = 0.0  # phase 5a, messages/s
-        self.kafka_bootstrap = self.kafka_topic = ""  # phase 7's broker and topic
         # Set by start() / start_service() / measure_start():
         self.service: Child | None = None
         self.receiver: Child
@@ -590,15 +589,15 @@ class Bench:
         print(f"\n  -- {rate:,g} events/s for {seconds:g} s ({kind})", flush=True)
         await phases.wait_quiet(self.hooks, quiet=0.5, within=30)
         (await self.hooks.post("/reset")).raise_for_status()
-        pool: Http1Pool | kafka_phases.TopicSender
-        pool = topic or Http1Pool("127.0.0.1", self.port, self.auth)
+        sender: phases.Sender = topic or Http1Pool("127.0.0.1", self.port, self.auth)
+        pool = sender if isinstance(sender, Http1Pool) else None  # ours: report and close it
         await self.measure_start(name)
         try:
             lat = await phases.offer_events(
-                pool, self.hooks, make, rate=rate, seconds=seconds, drain_timeout=drain
+                sender, self.hooks, make, rate=rate, seconds=seconds, drain_timeout=drain
             )
         finally:
-            if topic is None:  # the caller's sender is the caller's to close
+            if pool is not None:
                 await pool.close()
         m = await self.measure_stop()
         p, worst, figures = latency_figures(lat)
@@ -616,14 +615,14 @@ class Bench:
             ms(pct(lat.schedule_lag, 99)),
             f"/ {ms(max(lat.schedule_lag, default=math.nan))}",
         )
-        if topic is None:
+        if pool is not None:
             line("HTTP responses", f"{sum(lat.status.values()):,}", statuses(lat.status))
         if lat.unanswered:
             line("  NO response by the end of the drain", f"{lat.unanswered:,}")
         line("events accepted", f"{lat.accepted:,}", "; ".join(lat.errors[:3]))
-        if topic is None:
+        if pool is not None:
             line("  connections opened / retried requests", f"{pool.opened} / {pool.retries}")
-        what = "request" if topic is None else "produce (until the broker's ack)"
+        what = "request" if pool is not None else "produce (until the broker's ack)"
         line(f"{what} latency p50", ms(pct(lat.request_latencies, 50)))
         line(f"{what} latency p99", ms(pct(lat.request_latencies, 99)))
         line(
@@ -707,8 +706,7 @@ class Bench:
                 env.update(INTENT_KAFKA_TOPIC=topic, INTENT_KAFKA_GROUP=f"{group}2")
                 await self.start_service("service-kafka-3", env, fresh=False)
                 line("restarted on a fresh topic", topic)
-            self.kafka_bootstrap, self.kafka_topic = svc.bootstrap, topic
-            await self.kafka_latency()
+            await self.kafka_latency(svc.bootstrap, topic)
             if self.args.kafka_split_seconds > 0:
                 await self.kafka_split(env, self.args.kafka_split_seconds)
         except (KafkaError, TimeoutError) as exc:
@@ -861,7 +859,7 @@ class Bench:
         )
         return bool(done >= n)
 
-    async def kafka_latency(self) -> None:
+    async def kafka_latency(self, bootstrap: str, topic: str) -> None:
         args = self.args
         header(
             "7. Event → webhook through Kafka: HTTP ingest produces (202 after the broker's "
@@ -880,7 +878,7 @@ class Bench:
             drain=30.0,
         )
         # A source producing to the topic itself: the same events, no HTTP in the path.
-        sender = kafka_phases.TopicSender(self.kafka_bootstrap, self.kafka_topic, self.free_mail)
+        sender = kafka_phases.TopicSender(bootstrap, topic, self.free_mail)
         await sender.start()
         try:
             await self.offer(

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import os
 import random
 import statistics
 import tempfile
@@ -26,6 +25,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+from sqlalchemy.ext.asyncio import AsyncSessionTransaction
+
+from app.bulk import Bulk
+from app.config import Settings
+from app.ingest.http import _validate_batch
+from app.matching.abm import upsert_accounts, validate_rows
+from app.runtime import Runtime
+from bench.workload import EventFactory, make_accounts, make_leads
 
 READS = ("select_in", "select_all", "select_distinct_in")
 WRITES = ("upsert", "insert_new", "insert_rows", "update_rows", "update_where")
@@ -62,24 +69,13 @@ def parse_args() -> argparse.Namespace:
 
 
 async def run(args: argparse.Namespace, workdir: str) -> None:
-    os.environ["INTENT_DATABASE_URL"] = f"sqlite+aiosqlite:///{workdir}/inprocess.db"
-    os.environ.setdefault("INTENT_LOG_LEVEL", "warning")
-    from sqlalchemy.ext.asyncio import AsyncSessionTransaction
-
-    from app.bulk import Bulk
-    from app.config import Settings
-    from app.ingest.http import _validate_batch
-    from app.matching.abm import upsert_accounts, validate_rows
-    from app.runtime import Runtime
-    from bench.workload import EventFactory, make_accounts, make_leads
-
     rng = random.Random(7)
     accounts = make_accounts(args.accounts, rng)
     factory = EventFactory(make_leads(args.leads, accounts, rng), rng, "inproc")
     n = args.warmup + args.batches
     bodies = factory.batches(n * args.batch_size, args.batch_size, time.time())
 
-    rt = Runtime(Settings())
+    rt = Runtime(Settings(database_url=f"sqlite+aiosqlite:///{workdir}/inprocess.db"))
     await rt.start(dispatcher=False)
     try:
         async with rt.sessionmaker() as session, session.begin():

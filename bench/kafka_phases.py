@@ -229,7 +229,6 @@ class TopicSender:
         self.producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=1
         )
-        self.opened = self.retries = 0  # what offer() reports for an HTTP pool
 
     async def start(self) -> None:
         await self.producer.start()

@@ -29,7 +29,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.bulk import Bulk
 from app.clock import Clock
-from app.db import decisions, deliveries, delivery_attempts, destinations, dialect_of
+from app.db import (
+    Transaction,
+    decisions,
+    deliveries,
+    delivery_attempts,
+    destinations,
+    dialect_of,
+)
 from app.delivery import formats, retry, signing
 from app.delivery.destinations import Destination, DestinationCache
 from app.delivery.outbox import NewDelivery
@@ -74,9 +81,8 @@ class Outcome:
     skipped: str | None = None
 
 
-# A write transaction, given the sessionmaker to open it with, and what runs one.
-Transaction = Callable[[async_sessionmaker[AsyncSession]], Awaitable[Any]]
-Writes = Callable[[Transaction], Awaitable[Any]]
+# What runs the dispatcher's write transactions.
+Writes = Callable[[Transaction[Any]], Awaitable[Any]]
 
 
 class Dispatcher:
@@ -131,7 +137,7 @@ class Dispatcher:
         self._poll_now = asyncio.Event()
         self.running = False
 
-    async def _write_here(self, txn: Transaction) -> Any:
+    async def _write_here(self, txn: Transaction[Any]) -> Any:
         return await txn(self._sessionmaker)
 
     # -- lifecycle -----------------------------------------------------------------------
