@@ -33,7 +33,7 @@ def _settings() -> Settings:
 
 async def _with_db(fn: Any) -> Any:
     from app.db import make_engine, make_sessionmaker
-    from app.migrate import upgrade
+    from app.db.migrate import upgrade
 
     settings = _settings()
     engine = make_engine(settings)
@@ -51,7 +51,7 @@ async def _noop(_: Any) -> None:
 
 async def _prepare(settings: Settings) -> None:
     from app.main import print_bootstrap_key
-    from app.runtime import Runtime
+    from app.runtime.service import Runtime
 
     runtime = Runtime(settings)
     try:
@@ -263,8 +263,8 @@ def calibrate(
     """Fit signal weights to sales outcomes; store them as a proposed version (not applied)."""
     import time
 
-    from app.calibration import CalibrationError, Proposal, render
-    from app.calibration import calibrate as run_calibration
+    from app.policy.impact.calibration import CalibrationError, Proposal, render
+    from app.policy.impact.calibration import calibrate as run_calibration
 
     now = time.time()
     start = _parse_time(since, "--since")

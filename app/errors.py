@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 
 class ErrorBody(BaseModel):
@@ -96,3 +96,30 @@ class Overloaded(AppError):
 class Unavailable(AppError):
     status = 503
     code = "unavailable"
+
+
+def error_field(loc: tuple[int | str, ...]) -> str:
+    """A pydantic location as a dotted path: ``("lead", "email")`` → ``lead.email``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.startswith("function-"):
+            continue
+        else:
+            out += ("." if out else "") + part
+    return out
+
+
+def first_error(exc: ValidationError, strip: int = 0) -> tuple[str, str, str]:
+    """(field, code, message) of the first validation error, location shortened by ``strip``."""
+    err = exc.errors()[0]
+    loc = tuple(err["loc"])[strip:]
+    path = error_field(loc)
+    code = "unknown_field" if err["type"] == "extra_forbidden" else err["type"]
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = f'unknown field "{path}"'
+    elif err["type"] == "missing":
+        msg = f'"{path}" is required'
+    return path, code, f"{path}: {msg}" if path and not msg.startswith(('"', "unknown")) else msg

@@ -14,17 +14,16 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api import admin, feedback, read, reports
+from app.api import admin, feedback, health, read, reports
 from app.clock import Clock
 from app.config import Settings
-from app.errors import AppError
+from app.errors import AppError, error_field
 from app.ingest import http as ingest_http
-from app.ingest.schemas import EventBatchIn, EventIn, error_field
+from app.ingest.schemas import EventBatchIn, EventIn
 from app.matching.abm import AccountImport
-from app.observability import health
 from app.observability.logging import RequestLog
 from app.observability.logging import configure as configure_logging
-from app.runtime import Runtime
+from app.runtime.service import Runtime
 
 log = logging.getLogger("app")
 

@@ -15,16 +15,16 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.bulk import Bulk
 from app.db import decisions, events
+from app.db.bulk import Bulk
 from app.delivery.destinations import Destination
 from app.delivery.outbox import NewDelivery, enqueue
-from app.ingest.schemas import ATTRIBUTE_ONLY_TYPES, FUTURE_TOLERANCE_SECONDS, Event
+from app.events import ATTRIBUTE_ONLY_TYPES, FUTURE_TOLERANCE_SECONDS, Candidate, Event, EventStatus
 from app.matching.identity import BatchState
 from app.observability import metrics
 from app.policy.schema import CompiledPolicy
 from app.routing.assignment import Counters, assign
-from app.routing.decisions import Candidate, build
+from app.routing.decisions import build
 from app.routing.rules import cooldown_verdict, match_rule
 from app.routing.surge import surge_candidates
 from app.scoring.engine import apply
@@ -42,21 +42,6 @@ EVENT_COLUMNS = (
     "payload",
 )
 EVENT_TYPES = ("text", "float8", "float8", "text", "text", "text", "text", "text", "int4", "text")
-
-
-@dataclass
-class EventStatus:
-    event_id: str
-    status: str  # accepted | duplicate | rejected
-    code: str | None = None
-    field: str | None = None
-    message: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"event_id": self.event_id, "status": self.status}
-        if self.code:
-            out.update(code=self.code, field=self.field, message=self.message)
-        return out
 
 
 @dataclass

@@ -27,11 +27,11 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncSessionTransaction
 
-from app.bulk import Bulk
 from app.config import Settings
+from app.db.bulk import Bulk
 from app.ingest.http import _validate_batch
 from app.matching.abm import upsert_accounts, validate_rows
-from app.runtime import Runtime
+from app.runtime.service import Runtime
 from bench.workload import EventFactory, make_accounts, make_leads
 
 READS = ("select_in", "select_all", "select_distinct_in")

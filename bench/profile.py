@@ -28,7 +28,7 @@ _FRAME_FILE = re.compile(r"^(?P<fn>.*?) \((?P<file>.*)\)$")
 STAGES: tuple[tuple[str, str], ...] = (
     ("app/delivery/dispatcher.py", "webhook delivery (dispatcher)"),
     ("app/pipeline.py", "pipeline transaction"),
-    ("app/ingest/batcher.py", "pipeline transaction"),
+    ("app/runtime/batcher.py", "pipeline transaction"),
     ("app/ingest/http.py", "HTTP ingest route (parse, validate, respond)"),
     ("KafkaProducerIngest.", "Kafka produce (HTTP ingest → broker)"),
     ("app/ingest/kafka.py", "Kafka consumer (poll, decode, validate, commit)"),

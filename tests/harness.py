@@ -28,7 +28,7 @@ from starlette.routing import Route
 from app.clock import Clock
 from app.config import Settings
 from app.main import create_app
-from app.runtime import Runtime
+from app.runtime.service import Runtime
 
 
 def loopback_socket() -> socket.socket:

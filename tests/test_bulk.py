@@ -13,8 +13,8 @@ import aiosqlite
 import pytest
 from sqlalchemy import Column, Float, Integer, MetaData, String, Table, Text
 
-from app import bulk
-from app.bulk import Bulk
+from app.db import bulk
+from app.db.bulk import Bulk
 
 metadata = MetaData()
 things = Table(

@@ -23,11 +23,11 @@ import orjson
 import pytest
 from sqlalchemy import func, select
 
-from app.calibration import CalibrationError, calibrate, decayed_counts, render
 from app.clock import iso
 from app.config import Settings
 from app.db import decisions, dispositions, dumps, events, leads, make_engine, make_sessionmaker
 from app.db import policies as policies_table
+from app.policy.impact.calibration import CalibrationError, calibrate, decayed_counts, render
 from app.scoring.decay import apply_event
 from tests.harness import Service
 

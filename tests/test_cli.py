@@ -111,8 +111,8 @@ async def test_processes_starting_together_on_an_empty_database_agree(database_u
 
     from app.config import Settings
     from app.db import api_keys, policies
-    from app.migrate import upgrade
-    from app.runtime import Runtime
+    from app.db.migrate import upgrade
+    from app.runtime.service import Runtime
 
     runtimes = [Runtime(Settings(database_url=database_url)) for _ in range(4)]
     try:

@@ -13,8 +13,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
-from app.loop_thread import LoopThread
-from app.runtime import Runtime
+from app.runtime.loop_thread import LoopThread
+from app.runtime.service import Runtime
 
 
 async def test_writes_run_one_at_a_time_on_the_thread(tmp_path: Path) -> None:

@@ -12,8 +12,8 @@ from app import pipeline
 from app.clock import FakeClock
 from app.config import Settings
 from app.db import events, identities, leads, make_engine, make_sessionmaker
+from app.db.migrate import upgrade
 from app.ingest.schemas import EVENT_ADAPTER, to_event
-from app.migrate import upgrade
 from app.policy.store import ensure_default
 from tests.harness import Spawned, event, receiver, service
 from tests.test_e2e import hot_events

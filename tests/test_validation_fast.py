@@ -15,26 +15,29 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
+from app.errors import first_error
+from app.events import (
+    Event,
+    EventStatus,
+    normalise_country,
+    normalise_domain,
+    normalise_email,
+    normalise_slug,
+)
 from app.ingest import schemas
 from app.ingest.http import _validate_batch
 from app.ingest.schemas import (
     EVENT_ADAPTER,
-    Event,
     EventIn,
     FastCountry,
     FastDomain,
     FastEmail,
     FastSlug,
     fast_events,
-    first_error,
-    normalise_country,
-    normalise_domain,
-    normalise_email,
-    normalise_slug,
     to_event,
 )
 from app.observability.logging import REQUEST_ID
-from app.pipeline import EventStatus, check_event
+from app.pipeline import check_event
 from app.policy.defaults import default_policy_raw
 from app.policy.schema import CompiledPolicy
 from app.policy.store import validate_or_raise

@@ -14,9 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.db import make_engine
+from app.db.wal import BACKSTOP_PAGES, Checkpointer
 from app.observability import metrics
-from app.runtime import Runtime
-from app.wal import BACKSTOP_PAGES, Checkpointer
+from app.runtime.service import Runtime
 from tests.harness import eventually
 
 PAGE = 4096

@@ -21,9 +21,8 @@ from app.db import deliveries, destinations, dumps, leads, policies
 from app.delivery import dispatcher as dispatch
 from app.delivery import formats, signing
 from app.delivery.destinations import FILTER_KEYS, destination_from_row
-from app.errors import Conflict, InvalidInput, MalformedBody, NotFound, error_responses
+from app.errors import Conflict, InvalidInput, MalformedBody, NotFound, error_responses, first_error
 from app.ingest.http import parse_json, read_body
-from app.ingest.schemas import first_error
 from app.matching.abm import parse_csv, upsert_accounts, validate_rows
 from app.policy.schema import CompiledPolicy, PolicyDoc
 from app.policy.store import save_version, validate_or_raise

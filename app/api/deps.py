@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.policy.schema import CompiledPolicy
-from app.runtime import Runtime
+from app.runtime.service import Runtime
 
 
 def get_runtime(request: Request) -> Runtime:

@@ -25,7 +25,7 @@ from app.auth import FeedbackKey
 from app.clock import iso, new_id
 from app.db import decisions, dispositions
 from app.errors import InvalidInput, NotFound, error_responses
-from app.matching.identity import email_domain
+from app.events import email_domain
 from app.observability import metrics
 from app.policy.schema import CompiledPolicy, PolicyDoc
 from app.policy.store import active_policy, save_version

@@ -30,7 +30,7 @@ from app.auth import ReadKey
 from app.clock import iso
 from app.db import accounts, decisions, deliveries, delivery_attempts, identities, leads
 from app.errors import InvalidInput, NotFound, error_responses
-from app.ingest.schemas import normalise_domain
+from app.events import normalise_domain
 from app.policy.schema import CompiledPolicy
 from app.scoring.decay import clamp, raw_intent, signal_scores
 from app.scoring.engine import evaluate

@@ -34,9 +34,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.deps import PolicyDep, RuntimeDep, SessionDep
 from app.auth import ReadKey
-from app.bulk import Bulk
 from app.clock import iso
 from app.db import accounts, decisions, dispositions, events, identities, leads
+from app.db.bulk import Bulk
 from app.errors import InvalidInput, error_responses
 from app.policy.schema import CompiledPolicy
 

@@ -27,7 +27,6 @@ import httpx
 from sqlalchemy import exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.bulk import Bulk
 from app.clock import Clock
 from app.db import (
     Transaction,
@@ -37,6 +36,7 @@ from app.db import (
     destinations,
     dialect_of,
 )
+from app.db.bulk import Bulk
 from app.delivery import formats, retry, signing
 from app.delivery.destinations import Destination, DestinationCache
 from app.delivery.outbox import NewDelivery

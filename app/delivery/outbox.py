@@ -14,10 +14,10 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.bulk import Bulk
 from app.clock import new_id
 from app.db import deliveries
 from app.db import destinations as destinations_table
+from app.db.bulk import Bulk
 from app.delivery.destinations import Destination, destination_from_row
 
 

@@ -12,22 +12,28 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from app.auth import IngestKey, SegmentKey, authenticate
-from app.errors import AppError, InvalidInput, MalformedBody, PayloadTooLarge, error_responses
+from app.errors import (
+    AppError,
+    InvalidInput,
+    MalformedBody,
+    PayloadTooLarge,
+    error_responses,
+    first_error,
+)
+from app.events import Event, EventStatus
 from app.ingest.schemas import (
     EVENT_ADAPTER,
     MAX_BATCH_EVENTS,
     MAX_BODY_BYTES,
-    Event,
     EventBatchIn,
     EventIn,
     fast_events,
-    first_error,
     to_event,
 )
 from app.ingest.segment import SEGMENT_TYPES, to_native
 from app.observability import metrics
-from app.pipeline import EventStatus, check_event
-from app.runtime import Runtime
+from app.pipeline import check_event
+from app.runtime.service import Runtime
 
 log = logging.getLogger(__name__)
 router = APIRouter()

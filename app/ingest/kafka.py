@@ -22,8 +22,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
-from app.ingest.schemas import EVENT_ADAPTER, Event, first_error, to_event
-from app.matching.identity import email_domain
+from app.errors import first_error
+from app.events import Event, email_domain
+from app.ingest.schemas import EVENT_ADAPTER, to_event
 from app.observability import metrics
 from app.pipeline import check_event
 

@@ -2,109 +2,42 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any, Required
-from urllib.parse import urlsplit
 
-import orjson
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     StringConstraints,
     TypeAdapter,
-    ValidationError,
     field_validator,
     model_validator,
     with_config,
 )
 from typing_extensions import TypedDict  # pydantic needs it below Python 3.12
 
+from app.events import (
+    ACCOUNT_RESERVED,
+    EARLIEST_EVENT,
+    EARLIEST_TIMESTAMP,
+    LEAD_RESERVED,
+    MAX_EMPLOYEES,
+    MAX_REVENUE,
+    Country,
+    Domain,
+    Email,
+    Event,
+    EventType,
+    Identifier,
+    ShortText,
+    Slug,
+)
 from app.observability.logging import REQUEST_ID
 
-FUTURE_TOLERANCE_SECONDS = 300.0
-EARLIEST_EVENT = datetime(2000, 1, 1, tzinfo=UTC)
-EARLIEST_TIMESTAMP = EARLIEST_EVENT.timestamp()
-MAX_EMPLOYEES = 10_000_000
-MAX_REVENUE = 1e15
-# Keys the typed fields own: free-form traits never overwrite them.
-LEAD_RESERVED = frozenset(
-    {
-        "email",
-        "email_domain",
-        "lead_id",
-        "source",
-        "anonymous_id",
-        "user_id",
-        "first_name",
-        "last_name",
-        "title",
-        "country",
-        "phone",
-    }
-)
-# The account's own columns (ABM list and firmographics), in table order.
-ACCOUNT_FIELDS = (
-    "name",
-    "tier",
-    "owner",
-    "territory",
-    "industry",
-    "employees",
-    "country",
-    "annual_revenue",
-)
-ACCOUNT_RESERVED = frozenset({"domain", "active_leads", *ACCOUNT_FIELDS})
 MAX_BATCH_EVENTS = 1000
 MAX_BODY_BYTES = 1024 * 1024
-
-_EMAIL = re.compile(r"^[^@\s]+@([a-z0-9-]+(?:\.[a-z0-9-]+)+)$")
-_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
-_SLUG = re.compile(r"[^a-z0-9]+")
-
-
-def normalise_email(v: str) -> str:
-    v = v.strip().lower()
-    if not _EMAIL.match(v):
-        raise ValueError("not a valid email address")
-    return v
-
-
-def normalise_domain(v: str) -> str:
-    """``https://www.Acme.com/about`` → ``acme.com``."""
-    v = v.strip().lower()
-    if "://" in v:
-        v = urlsplit(v).hostname or ""
-    v = v.split("/", 1)[0].rstrip(".")
-    v = v.removeprefix("www.")
-    if not _DOMAIN.match(v):
-        raise ValueError("not a valid domain name")
-    return v
-
-
-def normalise_slug(v: str) -> str:
-    """``"Financial Services"`` → ``financial_services``."""
-    return _SLUG.sub("_", v.strip().lower()).strip("_")
-
-
-def normalise_country(v: str) -> str:
-    v = v.strip().upper()
-    if not re.fullmatch(r"[A-Z]{2}", v):
-        raise ValueError("use an ISO 3166 alpha-2 country code such as US or DE")
-    return v
-
-
-Email = Annotated[str, AfterValidator(normalise_email)]
-Domain = Annotated[str, AfterValidator(normalise_domain)]
-Country = Annotated[str, AfterValidator(normalise_country)]
-Slug = Annotated[str, AfterValidator(normalise_slug)]
-Identifier = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
-ShortText = Annotated[str, StringConstraints(max_length=300, strip_whitespace=True)]
-EventType = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 
 # The same normalisers as pydantic-core constraints, for the values they apply to: plain
 # ASCII, already in (or only a strip and a case change away from) the normal form. They
@@ -234,50 +167,6 @@ class EventBatchIn(BaseModel):
 
 
 EVENT_ADAPTER: TypeAdapter[EventIn] = TypeAdapter(EventIn)
-
-# Events that update attributes but carry no signal.
-ATTRIBUTE_ONLY_TYPES = frozenset({"identify"})
-
-
-@dataclass(slots=True)
-class Event:
-    """A validated, normalised event as the pipeline sees it."""
-
-    event_id: str
-    type: str
-    occurred_at: float
-    received_at: float
-    source: str
-    transport: str
-    email: str | None
-    anonymous_id: str | None
-    user_id: str | None
-    lead_attrs: dict[str, Any]
-    account_domain: str | None
-    account_attrs: dict[str, Any]
-    campaign: str | None = None
-    properties: dict[str, Any] = field(default_factory=dict)
-    raw: dict[str, Any] | None = None
-    raw_json: str | None = None  # the document's JSON as received, when we have it
-    request_id: str | None = None  # the HTTP request that brought it, for the logs
-
-    def payload(self) -> str:
-        """What the events table stores: the event as received."""
-        if self.raw_json is not None:
-            return self.raw_json
-        return orjson.dumps(self.raw).decode()
-
-    def identifiers(self) -> list[str]:
-        """Identity keys in order of strength: email, user id, anonymous id."""
-        keys = []
-        if self.email:
-            keys.append(self.email)
-        if self.user_id:
-            keys.append("user:" + self.user_id)
-        if self.anonymous_id:
-            keys.append("anon:" + self.anonymous_id)
-        return keys
-
 
 _LEAD_COLUMNS = ("first_name", "last_name", "title", "country", "phone")
 _ACCOUNT_COLUMNS = ("name", "industry", "employees", "country", "annual_revenue")
@@ -436,30 +325,3 @@ def fast_events(items: list[Any], *, received_at: float, transport: str) -> list
             _event(v, lead, v.get("account"), ts, received_at, transport, item, None, request_id)
         )
     return out
-
-
-def error_field(loc: tuple[int | str, ...]) -> str:
-    """A pydantic location as a dotted path: ``("lead", "email")`` → ``lead.email``."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part.startswith("function-"):
-            continue
-        else:
-            out += ("." if out else "") + part
-    return out
-
-
-def first_error(exc: ValidationError, strip: int = 0) -> tuple[str, str, str]:
-    """(field, code, message) of the first validation error, location shortened by ``strip``."""
-    err = exc.errors()[0]
-    loc = tuple(err["loc"])[strip:]
-    path = error_field(loc)
-    code = "unknown_field" if err["type"] == "extra_forbidden" else err["type"]
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        msg = f'unknown field "{path}"'
-    elif err["type"] == "missing":
-        msg = f'"{path}" is required'
-    return path, code, f"{path}: {msg}" if path and not msg.startswith(('"', "unknown")) else msg

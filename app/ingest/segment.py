@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from app.ingest.schemas import MAX_EMPLOYEES
+from app.events import MAX_EMPLOYEES
 from app.policy.schema import CompiledPolicy
 
 MIN_TIME = 946684800.0  # 2000-01-01

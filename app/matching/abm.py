@@ -10,17 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import accounts, upsert
-from app.errors import InvalidInput
-from app.ingest.schemas import (
-    ACCOUNT_FIELDS,
-    MAX_EMPLOYEES,
-    MAX_REVENUE,
-    Country,
-    Domain,
-    ShortText,
-    Slug,
-    first_error,
-)
+from app.errors import InvalidInput, first_error
+from app.events import ACCOUNT_FIELDS, MAX_EMPLOYEES, MAX_REVENUE, Country, Domain, ShortText, Slug
 
 ABM_COLUMNS = ("domain", *ACCOUNT_FIELDS)
 MAX_ACCOUNTS = 50_000

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.bulk import Bulk
 from app.db import identities
-from app.ingest.schemas import Event
+from app.db.bulk import Bulk
+from app.events import Event, email_domain
 from app.policy.schema import CompiledPolicy
 from app.scoring.decay import Accumulators, merge_all
 from app.scoring.state import (
@@ -25,10 +25,6 @@ from app.scoring.state import (
     save_accounts,
     save_leads,
 )
-
-
-def email_domain(email: str | None) -> str | None:
-    return email.rsplit("@", 1)[1] if email else None
 
 
 @dataclass

@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.bulk import Bulk
 from app.db import routing_counters
+from app.db.bulk import Bulk
 from app.policy.schema import CompiledPolicy, RoutingRule
 
 

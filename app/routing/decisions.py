@@ -2,32 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from app.clock import iso, new_id
-
-
-@dataclass
-class Candidate:
-    """A lead whose band rose, or an account that surged, waiting to be routed."""
-
-    kind: str  # lead | account
-    lead_id: str | None
-    account_domain: str | None
-    band: str | None
-    previous_band: str | None
-    tier: str | None
-    account_owner: str | None
-    active_leads: int
-    ctx: dict[str, Any]  # what rule conditions see
-    lead: dict[str, Any] | None
-    account: dict[str, Any] | None
-    score: dict[str, Any]
-    signals: list[dict[str, Any]]
-    fit_breakdown: list[dict[str, Any]]
-    trigger_event_id: str | None
-    event_received_at: float | None
+from app.events import Candidate
 
 
 def decision_type(kind: str) -> str:

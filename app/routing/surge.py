@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.bulk import Bulk
 from app.clock import iso
 from app.db import leads
+from app.db.bulk import Bulk
+from app.events import Candidate
 from app.matching.identity import BatchState
-from app.routing.decisions import Candidate
 from app.routing.rules import cooldown_verdict
 from app.scoring.decay import Accumulators, raw_intent, signal_scores
 from app.scoring.engine import account_snapshot, top_signals

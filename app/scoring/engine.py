@@ -6,10 +6,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.clock import iso
-from app.ingest.schemas import ATTRIBUTE_ONLY_TYPES, Event
-from app.matching.identity import BatchState, email_domain
+from app.events import ATTRIBUTE_ONLY_TYPES, Candidate, Event, email_domain
+from app.matching.identity import BatchState
 from app.policy.schema import CompiledPolicy
-from app.routing.decisions import Candidate
 from app.scoring.decay import apply_event, clamp, raw_intent, signal_scores
 from app.scoring.state import AccountState, LeadState
 

@@ -12,9 +12,9 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.bulk import Bulk
 from app.db import accounts, dumps, leads, loads
-from app.ingest.schemas import ACCOUNT_FIELDS
+from app.db.bulk import Bulk
+from app.events import ACCOUNT_FIELDS
 from app.scoring.decay import Accumulators
 
 

@@ -17,9 +17,8 @@ from collections.abc import Awaitable, Callable
 from sqlalchemy.exc import DBAPIError
 
 from app.errors import AppError, InvalidInput, Overloaded, Unavailable
-from app.ingest.schemas import Event
+from app.events import Event, EventStatus
 from app.observability import metrics
-from app.pipeline import EventStatus
 
 log = logging.getLogger(__name__)
 

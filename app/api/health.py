@@ -10,8 +10,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from sqlalchemy import text
 
-from app.migrate import at_head
-from app.runtime import Runtime
+from app.db.migrate import at_head
+from app.runtime.service import Runtime
 
 router = APIRouter()
 

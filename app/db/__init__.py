@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from app.config import Settings
-from app.wal import BACKSTOP_PAGES
+from app.db.wal import BACKSTOP_PAGES
 
 metadata = MetaData(
     naming_convention={
@@ -286,7 +286,7 @@ def make_engine(settings: Settings) -> AsyncEngine:
             path.parent.mkdir(parents=True, exist_ok=True)
         pool = {"pool_size": 5, "max_overflow": 5} if path is not None else {}
         # check_same_thread=False: the pipeline's thread runs its bulk statements on the
-        # connection itself (app.bulk.call_sqlite_directly), not only aiosqlite's worker.
+        # connection itself (app.db.bulk.call_sqlite_directly), not only aiosqlite's worker.
         engine = create_async_engine(
             settings.database_url,
             connect_args={"timeout": 30, "check_same_thread": False},
@@ -304,7 +304,7 @@ def make_engine(settings: Settings) -> AsyncEngine:
             cur.execute("PRAGMA cache_size=-131072")
             cur.execute("PRAGMA temp_store=MEMORY")
             cur.execute("PRAGMA foreign_keys=ON")
-            # The service checkpoints on a thread of its own (app.wal); this is the backstop.
+            # The service checkpoints on a thread of its own (app.db.wal); this is the backstop.
             cur.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
             cur.close()
 

@@ -16,9 +16,9 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.bulk import call_sqlite_directly
 from app.config import Settings
 from app.db import Transaction, make_engine, make_sessionmaker
+from app.db.bulk import call_sqlite_directly
 
 T = TypeVar("T")
 

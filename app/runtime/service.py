@@ -25,20 +25,20 @@ from app.db import (
     make_sessionmaker,
     policies,
 )
+from app.db.migrate import upgrade
+from app.db.wal import Checkpointer
 from app.delivery.destinations import DestinationCache
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.ssrf import SsrfGuard
 from app.errors import Unavailable
-from app.ingest.batcher import Batcher
+from app.events import Event, EventStatus
 from app.ingest.kafka import KafkaIngest, KafkaProducerIngest, ensure_topics
-from app.ingest.schemas import Event
-from app.loop_thread import LoopThread
-from app.migrate import upgrade
 from app.observability import metrics
 from app.policy.schema import CompiledPolicy
 from app.policy.store import active_policy, ensure_default
 from app.routing.sla import SlaTimer
-from app.wal import Checkpointer
+from app.runtime.batcher import Batcher
+from app.runtime.loop_thread import LoopThread
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +266,7 @@ class Runtime:
             for band in {b.name for b in self.policy.bands} | set(bands):
                 metrics.LEADS_BY_BAND.labels(band).set(bands.get(band, 0))
 
-    async def ingest(self, events: list[Event]) -> list[pipeline.EventStatus]:
+    async def ingest(self, events: list[Event]) -> list[EventStatus]:
         """Accept validated events: produced to Kafka when it is on, else group-committed."""
         if self.producer is None:
             return await self.batcher.submit(events)
@@ -279,9 +279,9 @@ class Runtime:
                 headers={"Retry-After": "1"},
             ) from exc
         # Queued durably (acks=all); duplicates are recognised when the consumer applies them.
-        return [pipeline.EventStatus(ev.event_id, "accepted") for ev in events]
+        return [EventStatus(ev.event_id, "accepted") for ev in events]
 
-    async def process(self, batch: list[Event]) -> list[pipeline.EventStatus]:
+    async def process(self, batch: list[Event]) -> list[EventStatus]:
         """One pipeline transaction; deliveries go to the dispatcher after the commit."""
         assert self.policy is not None
         policy = self.policy

@@ -1,0 +1,179 @@
+"""The domain vocabulary every stage shares: the event, its limits, the normalisers and
+field types, the per-event status and the routing candidate. No stage imports an ingest
+adapter for these; ingest only turns wire formats into them."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import orjson
+from pydantic import AfterValidator, StringConstraints
+
+FUTURE_TOLERANCE_SECONDS = 300.0
+EARLIEST_EVENT = datetime(2000, 1, 1, tzinfo=UTC)
+EARLIEST_TIMESTAMP = EARLIEST_EVENT.timestamp()
+MAX_EMPLOYEES = 10_000_000
+MAX_REVENUE = 1e15
+# Keys the typed fields own: free-form traits never overwrite them.
+LEAD_RESERVED = frozenset(
+    {
+        "email",
+        "email_domain",
+        "lead_id",
+        "source",
+        "anonymous_id",
+        "user_id",
+        "first_name",
+        "last_name",
+        "title",
+        "country",
+        "phone",
+    }
+)
+# The account's own columns (ABM list and firmographics), in table order.
+ACCOUNT_FIELDS = (
+    "name",
+    "tier",
+    "owner",
+    "territory",
+    "industry",
+    "employees",
+    "country",
+    "annual_revenue",
+)
+ACCOUNT_RESERVED = frozenset({"domain", "active_leads", *ACCOUNT_FIELDS})
+
+_EMAIL = re.compile(r"^[^@\s]+@([a-z0-9-]+(?:\.[a-z0-9-]+)+)$")
+_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+_SLUG = re.compile(r"[^a-z0-9]+")
+
+
+def normalise_email(v: str) -> str:
+    v = v.strip().lower()
+    if not _EMAIL.match(v):
+        raise ValueError("not a valid email address")
+    return v
+
+
+def normalise_domain(v: str) -> str:
+    """``https://www.Acme.com/about`` → ``acme.com``."""
+    v = v.strip().lower()
+    if "://" in v:
+        v = urlsplit(v).hostname or ""
+    v = v.split("/", 1)[0].rstrip(".")
+    v = v.removeprefix("www.")
+    if not _DOMAIN.match(v):
+        raise ValueError("not a valid domain name")
+    return v
+
+
+def normalise_slug(v: str) -> str:
+    """``"Financial Services"`` → ``financial_services``."""
+    return _SLUG.sub("_", v.strip().lower()).strip("_")
+
+
+def normalise_country(v: str) -> str:
+    v = v.strip().upper()
+    if not re.fullmatch(r"[A-Z]{2}", v):
+        raise ValueError("use an ISO 3166 alpha-2 country code such as US or DE")
+    return v
+
+
+Email = Annotated[str, AfterValidator(normalise_email)]
+Domain = Annotated[str, AfterValidator(normalise_domain)]
+Country = Annotated[str, AfterValidator(normalise_country)]
+Slug = Annotated[str, AfterValidator(normalise_slug)]
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+ShortText = Annotated[str, StringConstraints(max_length=300, strip_whitespace=True)]
+EventType = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+
+
+# Events that update attributes but carry no signal.
+ATTRIBUTE_ONLY_TYPES = frozenset({"identify"})
+
+
+@dataclass(slots=True)
+class Event:
+    """A validated, normalised event as the pipeline sees it."""
+
+    event_id: str
+    type: str
+    occurred_at: float
+    received_at: float
+    source: str
+    transport: str
+    email: str | None
+    anonymous_id: str | None
+    user_id: str | None
+    lead_attrs: dict[str, Any]
+    account_domain: str | None
+    account_attrs: dict[str, Any]
+    campaign: str | None = None
+    properties: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] | None = None
+    raw_json: str | None = None  # the document's JSON as received, when we have it
+    request_id: str | None = None  # the HTTP request that brought it, for the logs
+
+    def payload(self) -> str:
+        """What the events table stores: the event as received."""
+        if self.raw_json is not None:
+            return self.raw_json
+        return orjson.dumps(self.raw).decode()
+
+    def identifiers(self) -> list[str]:
+        """Identity keys in order of strength: email, user id, anonymous id."""
+        keys = []
+        if self.email:
+            keys.append(self.email)
+        if self.user_id:
+            keys.append("user:" + self.user_id)
+        if self.anonymous_id:
+            keys.append("anon:" + self.anonymous_id)
+        return keys
+
+
+def email_domain(email: str | None) -> str | None:
+    return email.rsplit("@", 1)[1] if email else None
+
+
+@dataclass
+class EventStatus:
+    """What became of one event: accepted, duplicate, or rejected with a code and field."""
+
+    event_id: str
+    status: str  # accepted | duplicate | rejected
+    code: str | None = None
+    field: str | None = None
+    message: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"event_id": self.event_id, "status": self.status}
+        if self.code:
+            out.update(code=self.code, field=self.field, message=self.message)
+        return out
+
+
+@dataclass
+class Candidate:
+    """A lead whose band rose, or an account that surged, waiting to be routed."""
+
+    kind: str  # lead | account
+    lead_id: str | None
+    account_domain: str | None
+    band: str | None
+    previous_band: str | None
+    tier: str | None
+    account_owner: str | None
+    active_leads: int
+    ctx: dict[str, Any]  # what rule conditions see
+    lead: dict[str, Any] | None
+    account: dict[str, Any] | None
+    score: dict[str, Any]
+    signals: list[dict[str, Any]]
+    fit_breakdown: list[dict[str, Any]]
+    trigger_event_id: str | None
+    event_received_at: float | None
