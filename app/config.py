@@ -10,9 +10,10 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.delivery import retry
-
 DEFAULT_DB = "sqlite+aiosqlite:///./.data/intent-router.db"
+# The default retry schedule (app.delivery.retry uses it): delays (s) before attempt 1, 2, …
+RETRY_SCHEDULE: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
+RETRY_JITTER = 0.2
 
 
 class Settings(BaseSettings):
@@ -35,9 +36,9 @@ class Settings(BaseSettings):
     delivery_lease_seconds: float = Field(default=60.0, gt=0)
     # Delays (s) before attempt 1, 2, …; comma-separated. Each is jittered by ± the ratio.
     delivery_retry_schedule: Annotated[list[float], NoDecode] = Field(
-        default_factory=lambda: list(retry.SCHEDULE)
+        default_factory=lambda: list(RETRY_SCHEDULE)
     )
-    delivery_retry_jitter: float = Field(default=retry.JITTER, ge=0, lt=1)
+    delivery_retry_jitter: float = Field(default=RETRY_JITTER, ge=0, lt=1)
     # A destination whose every attempt failed for this long is disabled (0: never).
     delivery_disable_after_seconds: float = Field(default=5 * 86400, ge=0)
     # Group commit: single-event posts wait at most this long to share a transaction.

@@ -14,11 +14,21 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api import admin, feedback, health, read, reports
+from app.api import (
+    accounts,
+    deliveries,
+    destinations,
+    events,
+    feedback,
+    health,
+    policy,
+    read,
+    reports,
+    segment,
+)
 from app.clock import Clock
 from app.config import Settings
 from app.errors import AppError, error_field
-from app.ingest import http as ingest_http
 from app.ingest.schemas import EventBatchIn, EventIn
 from app.matching.abm import AccountImport
 from app.observability.logging import RequestLog
@@ -128,8 +138,8 @@ def create_app(
                 EventIn,
                 EventBatchIn,
                 AccountImport,
-                admin.DestinationIn,
-                admin.DestinationPatch,
+                destinations.DestinationIn,
+                destinations.DestinationPatch,
             ):
                 js = model.model_json_schema(
                     ref_template="#/components/schemas/{model}", mode="validation"
@@ -140,11 +150,15 @@ def create_app(
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    app.add_middleware(ingest_http.FastIngest)
+    app.add_middleware(events.FastIngest)
     app.add_middleware(RequestLog)  # outermost: every request gets an id and a log line
-    app.include_router(ingest_http.router, tags=["ingest"])
+    app.include_router(events.router, tags=["ingest"])
+    app.include_router(segment.router, tags=["ingest"])
     app.include_router(read.router, tags=["read"])
-    app.include_router(admin.router, tags=["admin"])
+    app.include_router(policy.router, tags=["admin"])
+    app.include_router(accounts.router, tags=["admin"])
+    app.include_router(destinations.router, tags=["admin"])
+    app.include_router(deliveries.router, tags=["admin"])
     app.include_router(feedback.router, tags=["feedback"])
     app.include_router(reports.router, tags=["reports"])
     app.include_router(health.router, tags=["operations"])

@@ -18,8 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.db import decisions, events
 from app.db.bulk import Bulk
 from app.delivery.destinations import Destination
-from app.delivery.outbox import NewDelivery, enqueue
-from app.events import ATTRIBUTE_ONLY_TYPES, FUTURE_TOLERANCE_SECONDS, Candidate, Event, EventStatus
+from app.delivery.outbox import NewDelivery, Routed, enqueue
+from app.events import Candidate, Event, EventStatus
 from app.matching.identity import BatchState
 from app.observability import metrics
 from app.policy.schema import CompiledPolicy
@@ -27,7 +27,8 @@ from app.routing.assignment import Counters, assign
 from app.routing.decisions import build
 from app.routing.rules import cooldown_verdict, match_rule
 from app.routing.surge import surge_candidates
-from app.scoring.engine import apply
+from app.scoring.engine import score
+from app.scoring.state import AccountState, LeadState
 
 EVENT_COLUMNS = (
     "event_id",
@@ -65,27 +66,12 @@ class _StageTimer:
         metrics.STAGE_SECONDS.labels(stage).observe(t - self._t)
         self._t = t
 
+    def observe(self, stage: str, seconds: float) -> None:
+        """A stage timed piecewise (interleaved with another), as its total."""
+        metrics.STAGE_SECONDS.labels(stage).observe(seconds)
 
-def check_event(ev: Event, policy: CompiledPolicy, now: float) -> EventStatus | None:
-    """Checks that need the policy or the clock; a rejection, or None when fine."""
-    if ev.type not in policy.signals and ev.type not in ATTRIBUTE_ONLY_TYPES:
-        return EventStatus(
-            ev.event_id,
-            "rejected",
-            "unknown_event_type",
-            "type",
-            f'type: unknown event type "{ev.type}" (not a signal in policy '
-            f"version {policy.version})",
-        )
-    if ev.occurred_at > now + FUTURE_TOLERANCE_SECONDS:
-        return EventStatus(
-            ev.event_id,
-            "rejected",
-            "occurred_in_future",
-            "occurred_at",
-            "occurred_at: more than 5 minutes in the future",
-        )
-    return None
+    def restart(self) -> None:
+        self._t = time.perf_counter()
 
 
 async def process(
@@ -106,38 +92,49 @@ async def process(
 
     state = BatchState(policy=policy, now=now)
     await state.load(session, fresh)
-    timer.lap("identify")
+    timer.lap("load")
+    # Identify and score event by event, in order: the next event's stitching may merge
+    # the lead this one scored. Each stage's time is summed over the batch.
     candidates: list[Candidate] = []
+    identify_s = score_s = 0.0
+    clock = time.perf_counter
     for ev in fresh:
-        candidate = apply(state, ev)
+        t0 = clock()
+        who = state.identify(ev)
+        t1 = clock()
+        candidate = score(
+            policy, ev, who.lead, who.account, attrs_changed=who.attrs_changed, now=now
+        )
+        score_s += clock() - t1
+        identify_s += t1 - t0
         if candidate is not None:
             candidates.append(candidate)
-    timer.lap("score")
+    timer.observe("identify", identify_s)
+    timer.observe("score", score_s)
+    timer.restart()
     candidates += await surge_candidates(session, state, set(state.account_trigger))
-    timer.lap("match")
+    timer.lap("surge")
 
     routed, suppressed = await _route(session, state, candidates)
     timer.lap("route")
     outbox = await enqueue(session, routed, destinations, now=now, lease_until=lease_until)
-    await state.save(session)
     timer.lap("outbox")
+    await state.save(session)
+    timer.lap("save")
     return BatchResult(
-        statuses, outbox.claimed, [d for d, _, _ in routed], suppressed, outbox.waiting
+        statuses, outbox.claimed, [r.row for r in routed], suppressed, outbox.waiting
     )
 
 
 async def _ingest(
     session: AsyncSession, batch: list[Event], policy: CompiledPolicy, now: float
 ) -> tuple[list[EventStatus], list[Event]]:
-    """Reject what the policy does not know, then keep only never-seen event ids."""
+    """Keep only never-seen event ids (the adapters checked the events against the policy)."""
     statuses: list[EventStatus] = []
     candidates: list[Event] = []
     seen: set[str] = set()
     for ev in batch:
-        rejected = check_event(ev, policy, now)
-        if rejected is not None:
-            statuses.append(rejected)
-        elif ev.event_id in seen:
+        if ev.event_id in seen:
             statuses.append(EventStatus(ev.event_id, "duplicate"))
         else:
             seen.add(ev.event_id)
@@ -171,11 +168,11 @@ async def _ingest(
 
 async def _route(
     session: AsyncSession, state: BatchState, candidates: list[Candidate]
-) -> tuple[list[tuple[dict[str, Any], bytes, list[str] | None]], int]:
+) -> tuple[list[Routed], int]:
     """Rules → cooldown/escalation → assignment → decision rows, in candidate order."""
     policy, now = state.policy, state.now
     counters = Counters()
-    routed: list[tuple[dict[str, Any], bytes, list[str] | None]] = []
+    routed: list[Routed] = []
     suppressed = 0
     for c in candidates:
         compiled = match_rule(
@@ -183,14 +180,14 @@ async def _route(
         )
         if compiled is None and not (c.kind == "lead" and c.band in policy.route_bands):
             continue
-        holder: Any = (
+        holder: LeadState | AccountState = (
             state.leads[c.lead_id] if c.lead_id else state.accounts[c.account_domain or ""]
         )
         allowed, escalation = cooldown_verdict(
             policy,
             now=now,
             last_at=holder.last_decision_at,
-            last_band=getattr(holder, "last_decision_band", None),
+            last_band=holder.last_decision_band if isinstance(holder, LeadState) else None,
             last_tier=holder.last_decision_tier,
             band=c.band,
             tier=c.tier,
@@ -213,18 +210,18 @@ async def _route(
         )
         payload = orjson.dumps(body)
         row["payload"] = payload.decode()
-        row["source"] = holder.source if c.kind == "lead" else None
+        row["source"] = holder.source if isinstance(holder, LeadState) else None
         row["campaign"] = c.ctx.get("event", {}).get("campaign")
         sla = rule.sla if rule is not None else None
         row["sla_due_at"] = now + sla.accept_within if sla else None
         row["sla_status"] = "pending" if sla else None
-        routed.append((row, payload, rule.destinations if rule else None))
+        routed.append(Routed(row, payload, rule.destinations if rule else None))
         holder.last_decision_at = now
         holder.last_decision_tier = c.tier
-        if c.kind == "lead":
+        if isinstance(holder, LeadState):
             holder.last_decision_band = c.band
         holder.dirty = True
     if routed:
-        await (await Bulk.of(session)).insert_rows(decisions, [r for r, _, _ in routed])
+        await (await Bulk.of(session)).insert_rows(decisions, [r.row for r in routed])
         await counters.save(session)
     return routed, suppressed

@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSessionTransaction
 
 from app.config import Settings
 from app.db.bulk import Bulk
-from app.ingest.http import _validate_batch
+from app.ingest.native import validate_batch
 from app.matching.abm import upsert_accounts, validate_rows
 from app.runtime.service import Runtime
 from bench.workload import EventFactory, make_accounts, make_leads
@@ -90,7 +90,7 @@ async def run(args: argparse.Namespace, workdir: str) -> None:
         gc.freeze()  # as the service does at start
         per_batch: list[dict[str, float]] = []
         for i, body in enumerate(bodies):
-            events, _ = _validate_batch(orjson.loads(body)["events"], rt, rt.clock.now())
+            events, _ = validate_batch(orjson.loads(body)["events"], rt.policy, rt.clock.now())
             meter.spent.clear()
             t0 = time.perf_counter()
             await rt.process(events)

@@ -1,6 +1,6 @@
 """``python -m bench.validation``: CPU cost of HTTP event validation, in µs per event.
 
-Times ``app.ingest.http._validate_batch`` (pydantic validation, ``to_event`` and the
+Times ``app.ingest.native.validate_batch`` (pydantic validation, ``to_event`` and the
 policy checks) on 1,000-event batches as ``python -m bench`` sends them
 (``EventFactory.batches``, decoded with orjson), under the shipped default policy. No
 database, no HTTP: just the CPU the ingest route spends per event before the pipeline.
@@ -19,12 +19,11 @@ import gc
 import random
 import statistics
 import time
-from types import SimpleNamespace
 from typing import Any
 
 import orjson
 
-from app.ingest.http import _validate_batch
+from app.ingest.native import validate_batch
 from app.policy.defaults import default_policy_raw
 from app.policy.schema import CompiledPolicy
 from app.policy.store import validate_or_raise
@@ -50,8 +49,7 @@ def workload(n_batches: int, bad_every: int | None) -> list[list[dict[str, Any]]
 def measure(batches: list[list[dict[str, Any]]], runs: int) -> tuple[float, list[float]]:
     """µs of CPU per event: the median over ``runs`` passes, and every pass's figure."""
     policy = CompiledPolicy(1, validate_or_raise(default_policy_raw()))
-    runtime: Any = SimpleNamespace(policy=policy)  # all _validate_batch reads of a Runtime
-    _validate_batch(batches[0], runtime, time.time())  # warm up: caches, lazy imports
+    validate_batch(batches[0], policy, time.time())  # warm up: caches, lazy imports
     gc.collect()
     gc.freeze()
     gc.set_threshold(7000, 20, 20)
@@ -60,7 +58,7 @@ def measure(batches: list[list[dict[str, Any]]], runs: int) -> tuple[float, list
         now = time.time()
         t0 = time.process_time()
         for events in batches:
-            _validate_batch(events, runtime, now)
+            validate_batch(events, policy, now)
         per_event.append((time.process_time() - t0) / (len(batches) * BATCH) * 1e6)
     return statistics.median(per_event), per_event
 

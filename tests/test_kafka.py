@@ -13,9 +13,13 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from app.clock import FakeClock
+from app.clock import Clock, FakeClock
 from app.config import Settings
+from app.events import Event, EventStatus
 from app.ingest.kafka import KafkaIngest, ensure_topics
+from app.policy.defaults import default_policy_raw
+from app.policy.schema import CompiledPolicy
+from app.policy.store import validate_or_raise
 from tests.conftest import require_service
 from tests.harness import Spawned, event, eventually, receiver, service
 
@@ -140,8 +144,18 @@ async def test_a_poll_also_takes_what_reached_the_broker_while_the_last_batch_wa
     without the second getmany, a batch is one transaction behind (follow_up_ms=0 shows
     the fetcher's behaviour the poll works around)."""
     await ensure_topics(bootstrap, topic, 1)
+
+    async def unused(events: list[Event]) -> list[EventStatus]:
+        raise AssertionError("the poll alone is under test")
+
     ingest = KafkaIngest(
-        None, bootstrap=bootstrap, topic=topic, group="unused", follow_up_ms=follow_up_ms
+        unused,
+        policy=lambda: CompiledPolicy(1, validate_or_raise(default_policy_raw())),
+        clock=Clock(),
+        bootstrap=bootstrap,
+        topic=topic,
+        group="unused",
+        follow_up_ms=follow_up_ms,
     )
     consumer = AIOKafkaConsumer(  # started once the first ten are on the broker
         topic,

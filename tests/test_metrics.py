@@ -44,7 +44,7 @@ async def test_outbox_depth_age_and_disabled_destinations(
 
 
 async def test_leads_by_band_and_pipeline_stages(svc: Service, clock: FakeClock) -> None:
-    stages = ("ingest", "identify", "score", "match", "route", "outbox")
+    stages = ("ingest", "load", "identify", "score", "surge", "route", "outbox", "save")
     before = {s: sample("intent_pipeline_stage_seconds_count", {"stage": s}) for s in stages}
     events: list[dict[str, Any]] = hot_events("b1", clock.now(), "ann@acme.com")
     events += hot_events("b2", clock.now(), "bob@acme.com")

@@ -10,8 +10,7 @@ import yaml
 
 from app.policy.conditions import Condition, Context, compile_condition
 from app.policy.defaults import default_policy_raw
-from app.policy.schema import CompiledPolicy, PolicyDoc, parse_duration, parse_policy
-from app.scoring.decay import SignalSpec
+from app.policy.schema import CompiledPolicy, PolicyDoc, SignalSpec, parse_duration, parse_policy
 
 DAY = 86400.0
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import random
 import time
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -25,7 +24,7 @@ from app.events import (
     normalise_slug,
 )
 from app.ingest import schemas
-from app.ingest.http import _validate_batch
+from app.ingest.native import validate_batch
 from app.ingest.schemas import (
     EVENT_ADAPTER,
     EventIn,
@@ -33,11 +32,11 @@ from app.ingest.schemas import (
     FastDomain,
     FastEmail,
     FastSlug,
+    check_event,
     fast_events,
     to_event,
 )
 from app.observability.logging import REQUEST_ID
-from app.pipeline import check_event
 from app.policy.defaults import default_policy_raw
 from app.policy.schema import CompiledPolicy
 from app.policy.store import validate_or_raise
@@ -45,7 +44,6 @@ from bench.workload import EventFactory, make_accounts, make_leads
 
 NOW = time.time()
 POLICY = CompiledPolicy(1, validate_or_raise(default_policy_raw()))
-RUNTIME: Any = SimpleNamespace(policy=POLICY)
 
 # -- the reference: the per-event path as it was -------------------------------------------
 
@@ -119,7 +117,7 @@ def snapshot(ev: Event) -> tuple[Any, ...]:
 
 def assert_same_as_before(items: list[Any]) -> None:
     expected_events, expected_slots = old_validate_batch(copy.deepcopy(items))
-    events, slots = _validate_batch(copy.deepcopy(items), RUNTIME, NOW)
+    events, slots = validate_batch(copy.deepcopy(items), POLICY, NOW)
     assert slots == expected_slots
     assert [snapshot(e) for e in events] == [snapshot(e) for e in expected_events]
 
@@ -319,7 +317,7 @@ def test_each_edge_case_gives_what_it_gave_before(item: Any) -> None:
 
 def test_a_mixed_batch_keeps_every_position_and_path() -> None:
     assert_same_as_before(EDGE_EVENTS)
-    _, slots = _validate_batch(copy.deepcopy(EDGE_EVENTS), RUNTIME, NOW)
+    _, slots = validate_batch(copy.deepcopy(EDGE_EVENTS), POLICY, NOW)
     assert sum(s is None for s in slots) > 50  # the list holds accepted events too
     rejected = [s for s in slots if s is not None]
     assert {s.code for s in rejected} >= {"value_error", "missing", "unknown_field", "string_type"}
@@ -352,7 +350,7 @@ def test_what_the_fast_path_leaves_to_the_python_normalisers() -> None:
     for path, value, attr, normal in cases:
         item = variant(path, value)
         assert fast_events([item], received_at=NOW, transport="http") == [None], value
-        (ev,), _ = _validate_batch([item], RUNTIME, NOW)
+        (ev,), _ = validate_batch([item], POLICY, NOW)
         got = ev.account_attrs.get(attr) if attr in ("industry", "country") else getattr(ev, attr)
         assert got == normal
 

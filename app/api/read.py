@@ -28,13 +28,19 @@ from app.api.views import (
 )
 from app.auth import ReadKey
 from app.clock import iso
-from app.db import accounts, decisions, deliveries, delivery_attempts, identities, leads
+from app.db import decisions, deliveries, delivery_attempts, identities, leads
 from app.errors import InvalidInput, NotFound, error_responses
 from app.events import normalise_domain
 from app.policy.schema import CompiledPolicy
 from app.scoring.decay import clamp, raw_intent, signal_scores
 from app.scoring.engine import evaluate
-from app.scoring.state import AccountState, LeadState, _accs, account_from_row, lead_from_row
+from app.scoring.state import (
+    AccountState,
+    LeadState,
+    _accs,
+    lead_from_row,
+    load_account,
+)
 
 router = APIRouter()
 # 503: the database is unreachable (the key lookup or the query); retry after Retry-After.
@@ -101,13 +107,6 @@ async def _decisions_for(
     return views
 
 
-async def _account(session: AsyncSession, domain: str | None) -> AccountState | None:
-    if not domain:
-        return None
-    row = (await session.execute(select(accounts).where(accounts.c.domain == domain))).first()
-    return account_from_row(row) if row else None
-
-
 async def _find_lead(session: AsyncSession, lead_id: str) -> LeadState | None:
     key = lead_id.strip()
     key = key.lower() if "@" in key and ":" not in key else key
@@ -148,7 +147,7 @@ async def get_lead(
     lead = await _find_lead(session, lead_id)
     if lead is None:
         raise NotFound(f'no lead "{lead_id}"', field="lead_id", code="lead_not_found")
-    account = await _account(session, lead.account_domain)
+    account = await load_account(session, lead.account_domain)
     score, ev = _score(policy, lead, account, runtime.clock.now())
     ids = (
         (
@@ -226,7 +225,7 @@ async def list_leads(
         lead = lead_from_row(r)
         d = lead.account_domain
         if d and d not in accts:
-            accts[d] = await _account(session, d)
+            accts[d] = await load_account(session, d)
         score, _ = _score(policy, lead, accts.get(d) if d else None, now)
         next_cursor = lead.lead_id
         if band is None or score.band == band:
@@ -254,7 +253,7 @@ async def get_account(
         domain = normalise_domain(domain)
     except ValueError as exc:
         raise InvalidInput(f"domain: {exc}", field="domain") from None
-    acct = await _account(session, domain)
+    acct = await load_account(session, domain)
     if acct is None:
         raise NotFound(f'no account "{domain}"', field="domain", code="account_not_found")
     now = runtime.clock.now()

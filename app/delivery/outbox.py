@@ -34,6 +34,15 @@ class NewDelivery:
     lease_until: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """A decision made in this transaction, on its way to the outbox."""
+
+    row: dict[str, Any]  # the decisions row
+    body: bytes  # the webhook body
+    destinations: list[str] | None  # the rule's destinations; None: every matching one
+
+
 @dataclass
 class Enqueued:
     claimed: list[NewDelivery]
@@ -65,7 +74,7 @@ def order_key(decision: dict[str, Any]) -> str:
 
 async def enqueue(
     session: AsyncSession,
-    decisions: list[tuple[dict[str, Any], bytes, list[str] | None]],
+    decisions: list[Routed],
     destinations: dict[str, Destination] | None,
     *,
     now: float,
@@ -87,10 +96,10 @@ async def enqueue(
         found = await bulk.select_all(destinations_table, DESTINATION_COLUMNS)
         destinations = {r[0]: destination_from_row(_DestinationRow(*r)) for r in found}
     planned: list[tuple[dict[str, Any], bytes, Destination]] = [
-        (decision, body, dest)
-        for decision, body, rule_destinations in decisions
+        (r.row, r.body, dest)
+        for r in decisions
         for dest in destinations.values()
-        if dest.matches(decision, rule_destinations)
+        if dest.matches(r.row, r.destinations)
     ]
     if not planned:
         return Enqueued([], set())

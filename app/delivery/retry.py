@@ -6,8 +6,10 @@ import random
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 
-SCHEDULE: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
-JITTER = 0.2
+from app.config import RETRY_JITTER as JITTER
+from app.config import RETRY_SCHEDULE as SCHEDULE
+
+__all__ = ["JITTER", "SCHEDULE", "next_delay"]
 MAX_RETRY_AFTER = 36000.0
 
 

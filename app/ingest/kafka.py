@@ -15,6 +15,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -22,11 +23,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
+from app.clock import Clock
 from app.errors import first_error
-from app.events import Event, email_domain
-from app.ingest.schemas import EVENT_ADAPTER, to_event
+from app.events import Event, EventStatus, email_domain
+from app.ingest.schemas import EVENT_ADAPTER, check_event, to_event
 from app.observability import metrics
-from app.pipeline import check_event
+from app.policy.schema import CompiledPolicy
 
 log = logging.getLogger(__name__)
 
@@ -90,20 +92,28 @@ def unwrap(value: bytes | None, headers: dict[str, bytes]) -> Any:
     return obj
 
 
+ProcessFn = Callable[[list[Event]], Awaitable[list[EventStatus]]]
+
+
 class KafkaIngest:
-    """The consumer side: one loop, batches through ``runtime.process``."""
+    """The consumer side: one loop, each batch through ``process`` (one pipeline
+    transaction), checked against the policy ``policy()`` returns at the time."""
 
     def __init__(
         self,
-        runtime: Any,
+        process: ProcessFn,
         *,
+        policy: Callable[[], CompiledPolicy],
+        clock: Clock,
         bootstrap: str,
         topic: str,
         group: str,
         max_records: int = 5000,
         follow_up_ms: int = FOLLOW_UP_MS,
     ) -> None:
-        self.runtime = runtime
+        self.process = process
+        self.policy = policy
+        self.clock = clock
         self.follow_up_ms = follow_up_ms
         self.bootstrap = bootstrap
         self.topic = topic
@@ -187,8 +197,8 @@ class KafkaIngest:
 
     async def _handle(self, batches: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]) -> None:
         assert self.consumer is not None
-        policy = self.runtime.policy
-        now = self.runtime.clock.now()
+        policy = self.policy()
+        now = self.clock.now()
         events: list[Event] = []
         for records in batches.values():
             for rec in records:
@@ -198,7 +208,7 @@ class KafkaIngest:
                 except Poison as p:
                     await self._dead_letter(rec, p)
         if events:
-            await self.runtime.process(events)
+            await self.process(events)
         await self.consumer.commit({tp: records[-1].offset + 1 for tp, records in batches.items()})
         for tp, records in batches.items():
             end = self.consumer.highwater(tp)
@@ -207,7 +217,11 @@ class KafkaIngest:
                 metrics.KAFKA_LAG.labels(tp.topic, str(tp.partition)).set(lag)
 
     def _decode(
-        self, rec: ConsumerRecord[Any, Any], headers: dict[str, bytes], policy: Any, now: float
+        self,
+        rec: ConsumerRecord[Any, Any],
+        headers: dict[str, bytes],
+        policy: CompiledPolicy,
+        now: float,
     ) -> Event:
         received = headers.get(RECEIVED_AT)
         received_at = float(received) if received else rec.timestamp / 1000

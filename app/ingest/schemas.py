@@ -20,8 +20,10 @@ from typing_extensions import TypedDict  # pydantic needs it below Python 3.12
 
 from app.events import (
     ACCOUNT_RESERVED,
+    ATTRIBUTE_ONLY_TYPES,
     EARLIEST_EVENT,
     EARLIEST_TIMESTAMP,
+    FUTURE_TOLERANCE_SECONDS,
     LEAD_RESERVED,
     MAX_EMPLOYEES,
     MAX_REVENUE,
@@ -29,12 +31,14 @@ from app.events import (
     Domain,
     Email,
     Event,
+    EventStatus,
     EventType,
     Identifier,
     ShortText,
     Slug,
 )
 from app.observability.logging import REQUEST_ID
+from app.policy.schema import CompiledPolicy
 
 MAX_BATCH_EVENTS = 1000
 MAX_BODY_BYTES = 1024 * 1024
@@ -325,3 +329,25 @@ def fast_events(items: list[Any], *, received_at: float, transport: str) -> list
             _event(v, lead, v.get("account"), ts, received_at, transport, item, None, request_id)
         )
     return out
+
+
+def check_event(ev: Event, policy: CompiledPolicy, now: float) -> EventStatus | None:
+    """Checks that need the policy or the clock; a rejection, or None when fine."""
+    if ev.type not in policy.signals and ev.type not in ATTRIBUTE_ONLY_TYPES:
+        return EventStatus(
+            ev.event_id,
+            "rejected",
+            "unknown_event_type",
+            "type",
+            f'type: unknown event type "{ev.type}" (not a signal in policy '
+            f"version {policy.version})",
+        )
+    if ev.occurred_at > now + FUTURE_TOLERANCE_SECONDS:
+        return EventStatus(
+            ev.event_id,
+            "rejected",
+            "occurred_in_future",
+            "occurred_at",
+            "occurred_at: more than 5 minutes in the future",
+        )
+    return None

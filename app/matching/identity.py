@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import identities
 from app.db.bulk import Bulk
-from app.events import Event, email_domain
+from app.events import ATTRIBUTE_ONLY_TYPES, Event, email_domain
 from app.policy.schema import CompiledPolicy
 from app.scoring.decay import Accumulators, merge_all
 from app.scoring.state import (
@@ -192,3 +192,33 @@ class BatchState:
                 self.identity[key] = target.lead_id
                 self.new_identities[key] = target.lead_id
         return target
+
+    def identify(self, ev: Event) -> Identified:
+        """The event's lead (resolved, stitched, attached to its account) and account, with
+        the attributes the event carries applied to both."""
+        lead = self.resolve(ev)
+        self.attach(lead, self.account_domain_for(ev, lead))
+        attrs_changed = False
+        for key, value in ev.lead_attrs.items():
+            if lead.attributes.get(key) != value:
+                lead.attributes[key] = value
+                attrs_changed = True
+        if ev.account_domain and ev.account_attrs:
+            described = self.account(ev.account_domain)
+            if described.update(ev.account_attrs):
+                described.updated_at = self.now
+                described.rev += 1
+                described.dirty = True
+        account = self.account(lead.account_domain) if lead.account_domain else None
+        if account is not None and ev.type not in ATTRIBUTE_ONLY_TYPES:
+            self.account_trigger[account.domain] = ev
+        return Identified(lead, account, attrs_changed)
+
+
+@dataclass(frozen=True, slots=True)
+class Identified:
+    """Who an event is about, once identified."""
+
+    lead: LeadState
+    account: AccountState | None
+    attrs_changed: bool  # the event changed the lead's own attributes

@@ -17,7 +17,6 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from app.policy.conditions import Condition, Context, compile_condition, getter
-from app.scoring.decay import SignalSpec
 
 TIERS = ("tier_1", "tier_2", "tier_3")
 FIT_MEMO_SIZE = 100_000
@@ -289,6 +288,14 @@ def parse_policy(raw: Any) -> tuple[PolicyDoc | None, list[PolicyError]]:
 
 
 FitPredicate = Callable[[Context], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class SignalSpec:
+    """A signal's points and half-life, as the decay math reads them."""
+
+    points: float
+    half_life: float  # seconds
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.clock import Clock, iso, new_id
 from app.db import decisions, dialect_of, loads
 from app.delivery.dispatcher import Dispatcher
-from app.delivery.outbox import enqueue
+from app.delivery.outbox import Routed, enqueue
 from app.observability import metrics
 from app.policy.schema import CompiledPolicy, RoutingRule, Team
 from app.routing.assignment import Assignment, Counters, _day
@@ -36,8 +36,6 @@ BATCH = 100  # overdue decisions claimed per transaction
 
 # An escalation walks this chain from the rule's ``escalate_to`` until someone is found.
 ESCALATIONS = ("next_rep", "team_lead", "fallback_queue")
-
-Escalated = tuple[dict[str, Any], bytes, list[str] | None]
 
 
 def _next_rep(
@@ -190,11 +188,11 @@ async def claim_overdue(session: AsyncSession, *, now: float, limit: int) -> lis
 
 async def escalate_missed(
     session: AsyncSession, missed: list[Any], *, policy: CompiledPolicy, now: float
-) -> list[Escalated]:
-    """Write one ``lead.sla_missed`` decision per missed one; (row, body, rule destinations)."""
+) -> list[Routed]:
+    """Write one ``lead.sla_missed`` decision per missed one, for the outbox."""
     rules: dict[str, RoutingRule] = {r.name: r for r in policy.doc.routing.rules}
     counters = Counters()
-    out: list[Escalated] = []
+    out: list[Routed] = []
     for m in missed:
         rule = rules.get(m.rule)
         # A rule removed (or its SLA dropped) since routing: the default queue takes it.
@@ -214,9 +212,9 @@ async def escalate_missed(
         )
         payload = orjson.dumps(body)
         row["payload"] = payload.decode()
-        out.append((row, payload, rule.destinations if rule else None))
+        out.append(Routed(row, payload, rule.destinations if rule else None))
     if out:
-        await session.execute(decisions.insert(), [r for r, _, _ in out])
+        await session.execute(decisions.insert(), [r.row for r in out])
         await counters.save(session)
     return out
 
@@ -293,7 +291,7 @@ class SlaTimer:
             )
         for m in missed:
             metrics.SLA_MISSED.labels(m.rule).inc()
-        rows = [r for r, _, _ in escalated]
+        rows = [r.row for r in escalated]
         for r in rows:
             metrics.DECISIONS.labels(r["type"], r["rule"], r["team"]).inc()
         log.info(

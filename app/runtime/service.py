@@ -167,7 +167,9 @@ class Runtime:
                 await self.producer.start()
             if "consumer" in roles:
                 self.consumer = KafkaIngest(
-                    self,
+                    self.process,
+                    policy=self.current_policy,
+                    clock=self.clock,
                     bootstrap=bootstrap,
                     topic=self.settings.kafka_topic,
                     group=self.settings.kafka_group,
@@ -194,6 +196,11 @@ class Runtime:
         if self.checkpointer is not None:
             await asyncio.to_thread(self.checkpointer.stop)
         await self.engine.dispose()
+
+    def current_policy(self) -> CompiledPolicy:
+        """The policy in force (loaded by ``prepare``)."""
+        assert self.policy is not None
+        return self.policy
 
     def set_policy(self, policy: CompiledPolicy) -> None:
         self.policy = policy

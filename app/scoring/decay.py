@@ -15,7 +15,8 @@ All times are POSIX seconds (floats).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+
+from app.policy.schema import SignalSpec
 
 # signal -> (acc, t_ref); a plain tuple keeps it cheap to store as JSON.
 Accumulators = dict[str, tuple[float, float]]
@@ -76,12 +77,6 @@ def merge_all(
         assert merged is not None
         out[signal] = merged
     return out
-
-
-@dataclass(frozen=True, slots=True)
-class SignalSpec:
-    points: float
-    half_life: float  # seconds
 
 
 def signal_scores(

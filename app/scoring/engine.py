@@ -7,7 +7,6 @@ from typing import Any
 
 from app.clock import iso
 from app.events import ATTRIBUTE_ONLY_TYPES, Candidate, Event, email_domain
-from app.matching.identity import BatchState
 from app.policy.schema import CompiledPolicy
 from app.scoring.decay import apply_event, clamp, raw_intent, signal_scores
 from app.scoring.state import AccountState, LeadState
@@ -82,26 +81,21 @@ def _stored_fit_current(
     )
 
 
-def apply(state: BatchState, ev: Event) -> Candidate | None:
-    """Fold ``ev`` into its lead and account; a Candidate when the lead's band rose."""
-    policy, now = state.policy, state.now
-    lead = state.resolve(ev)
-    state.attach(lead, state.account_domain_for(ev, lead))
-    attrs_changed = False
-    for key, value in ev.lead_attrs.items():
-        if lead.attributes.get(key) != value:
-            lead.attributes[key] = value
-            attrs_changed = True
-    if ev.account_domain and ev.account_attrs:
-        acct_for_attrs = state.account(ev.account_domain)
-        if acct_for_attrs.update(ev.account_attrs):
-            acct_for_attrs.updated_at = now
-            acct_for_attrs.rev += 1
-            acct_for_attrs.dirty = True
-    account = state.account(lead.account_domain) if lead.account_domain else None
-
-    if ev.type not in ATTRIBUTE_ONLY_TYPES:
-        spec = policy.signals[ev.type]
+def score(
+    policy: CompiledPolicy,
+    ev: Event,
+    lead: LeadState,
+    account: AccountState | None,
+    *,
+    attrs_changed: bool,
+    now: float,
+) -> Candidate | None:
+    """Fold ``ev``'s signal into its (identified) lead and account, recompute fit when
+    attributes changed, and move the band; a Candidate when the band rose."""
+    # A type the policy no longer knows (changed since the adapter checked the event):
+    # the event is kept, its signal counts for nothing.
+    spec = None if ev.type in ATTRIBUTE_ONLY_TYPES else policy.signals.get(ev.type)
+    if spec is not None:
         lead.signals[ev.type] = apply_event(
             lead.signals.get(ev.type), ev.occurred_at, spec.half_life
         )
@@ -110,7 +104,6 @@ def apply(state: BatchState, ev: Event) -> Candidate | None:
                 account.signals.get(ev.type), ev.occurred_at, spec.half_life
             )
             account.last_event_at = max(account.last_event_at or 0.0, ev.occurred_at)
-            state.account_trigger[account.domain] = ev
             account.dirty = True
         lead.last_event_at = max(lead.last_event_at, ev.occurred_at)
 
@@ -133,6 +126,20 @@ def apply(state: BatchState, ev: Event) -> Candidate | None:
     lead.dirty = True
     if not rose or band not in policy.routable_bands:
         return None  # no rule can route this rise: skip building the decision's snapshot
+    return _candidate(policy, ev, lead, account, band=band, previous=previous, now=now)
+
+
+def _candidate(
+    policy: CompiledPolicy,
+    ev: Event,
+    lead: LeadState,
+    account: AccountState | None,
+    *,
+    band: str,
+    previous: str,
+    now: float,
+) -> Candidate:
+    """The routing candidate of a lead whose band rose: its snapshot and explanation."""
     ev_ = evaluate(policy, lead, account, now)  # the full breakdown, for the decision
     tier = account.tier if account else None
     score = {

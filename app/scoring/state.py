@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import accounts, dumps, leads, loads
@@ -217,3 +218,11 @@ async def save_accounts(session: AsyncSession, states: Iterable[AccountState]) -
     rows = [s.values() for s in states if s.dirty]
     if rows:
         await (await Bulk.of(session)).upsert(accounts, ACCOUNT_ROW_COLUMNS, ("domain",), rows)
+
+
+async def load_account(session: AsyncSession, domain: str | None) -> AccountState | None:
+    """The account row of ``domain`` as state, or None."""
+    if not domain:
+        return None
+    row = (await session.execute(select(accounts).where(accounts.c.domain == domain))).first()
+    return account_from_row(row) if row else None

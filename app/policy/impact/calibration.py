@@ -40,6 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.clock import iso
 from app.db import decisions, dumps, events, leads, loads
+from app.policy.impact import dry_run
 from app.policy.schema import CompiledPolicy, PolicyDoc
 from app.policy.store import active_policy, save_version
 from app.scoring.decay import apply_event, clamp, decay_factor, value_at
@@ -309,7 +310,6 @@ async def calibrate(
     """Fit signal weights to the window's dispositions and store them as a proposed
     version (the caller commits). Raises ``CalibrationError`` and writes nothing when
     the data cannot support a fit."""
-    from app.api.admin import _impact  # the same re-scoring as PUT /v1/policy?dry_run
 
     if until <= since:
         raise CalibrationError("--until must be after --since")
@@ -357,7 +357,7 @@ async def calibrate(
         until=until,
         routed={s.lead_id for s in samples},
     )
-    evaluated, band_changes, _ = await _impact(session, policy, proposed, now)
+    evaluated, band_changes, _ = await dry_run.band_changes(session, policy, proposed, now)
 
     weights = {
         name: {

@@ -1,0 +1,119 @@
+"""Admin API: send deliveries again (one, or a destination's range)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, Request
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from sqlalchemy import update
+
+from app.api.body import body_model
+from app.api.deps import RuntimeDep, SessionDep
+from app.api.destinations import destination_row
+from app.api.read import ERRORS
+from app.auth import AdminKey
+from app.db import deliveries
+from app.errors import Conflict, InvalidInput, NotFound, error_responses
+
+router = APIRouter()
+MAX_ADMIN_BODY = 32 * 1024 * 1024
+# Routes that read a body also answer 400 (not JSON/YAML) and 413 (too large).
+BODY_ERRORS = {**ERRORS, **error_responses(400, 413)}
+
+
+class Redelivered(BaseModel):
+    id: str
+    status: str
+
+
+@router.post(
+    "/v1/deliveries/{delivery_id}/redeliver",
+    operation_id="redeliver",
+    summary="Send a delivery again (dead-lettered or delivered)",
+    response_model=Redelivered,
+    status_code=202,
+    responses=ERRORS,
+)
+async def redeliver(
+    delivery_id: str, key: AdminKey, session: SessionDep, runtime: RuntimeDep
+) -> Redelivered:
+    async with session.begin():
+        result = await session.execute(
+            update(deliveries)
+            .where(deliveries.c.id == delivery_id)
+            .values(
+                status="pending", attempts=0, next_attempt_at=runtime.clock.now(), locked_until=None
+            )
+            .returning(deliveries.c.id)
+        )
+        if result.first() is None:
+            raise NotFound(
+                f'no delivery "{delivery_id}"', field="delivery_id", code="delivery_not_found"
+            )
+    if runtime.dispatcher is not None:
+        runtime.dispatcher.poke()
+    return Redelivered(id=delivery_id, status="pending")
+
+
+class RedriveIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    since: AwareDatetime = Field(description="deliveries created at or after this time")
+    until: AwareDatetime | None = Field(default=None, description="and before this time")
+    status: list[Literal["dead", "delivered"]] = Field(default=["dead"], min_length=1)
+
+
+class Redriven(BaseModel):
+    redriven: int
+
+
+@router.post(
+    "/v1/destinations/{destination_id}/redrive",
+    operation_id="redriveDestination",
+    summary="Send a destination's dead-lettered deliveries of a time range again",
+    response_model=Redriven,
+    status_code=202,
+    responses={**BODY_ERRORS, **error_responses(409)},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": RedriveIn.model_json_schema()}},
+        }
+    },
+)
+async def redrive_destination(
+    destination_id: str, request: Request, key: AdminKey, session: SessionDep, runtime: RuntimeDep
+) -> Redriven:
+    row = await destination_row(session, destination_id)
+    body: RedriveIn = await body_model(request, RedriveIn)
+    since = body.since.timestamp()
+    until = body.until.timestamp() if body.until is not None else None
+    if until is not None and until <= since:
+        raise InvalidInput("until must be after since", field="until")
+    if not row.enabled:
+        raise Conflict(
+            "the destination is disabled; re-enable it before redriving",
+            field="destination_id",
+            code="destination_disabled",
+        )
+    match = [
+        deliveries.c.destination_id == destination_id,
+        deliveries.c.status.in_(body.status),
+        deliveries.c.created_at >= since,
+    ]
+    if until is not None:
+        match.append(deliveries.c.created_at < until)
+    result = await session.execute(
+        update(deliveries)
+        .where(*match)
+        .values(
+            status="pending", attempts=0, next_attempt_at=runtime.clock.now(), locked_until=None
+        )
+        .returning(deliveries.c.id)
+    )
+    n = len(result.all())
+    await session.commit()
+    if n and runtime.dispatcher is not None:
+        runtime.dispatcher.poke()
+    return Redriven(redriven=n)

@@ -1,0 +1,235 @@
+"""The policy: the active version, its history, and a new version (or its dry run)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+import yaml
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from app.api.body import parse_json, read_body
+from app.api.deps import PolicyDep, RuntimeDep, SessionDep
+from app.api.read import ERRORS
+from app.auth import AdminKey, ReadKey
+from app.clock import iso
+from app.db import policies
+from app.errors import MalformedBody, NotFound, error_responses
+from app.policy.impact.dry_run import band_changes
+from app.policy.schema import CompiledPolicy, PolicyDoc
+from app.policy.store import save_version, validate_or_raise
+
+router = APIRouter()
+MAX_ADMIN_BODY = 32 * 1024 * 1024
+# Routes that read a body also answer 400 (not JSON/YAML) and 413 (too large).
+BODY_ERRORS = {**ERRORS, **error_responses(400, 413)}
+
+
+class PolicyVersionView(BaseModel):
+    version: int
+    created_at: str | None
+    created_by: str | None
+    comment: str | None
+    status: str = Field(
+        default="active",
+        description='"active" (applied; the newest is in force) or "proposed" (from '
+        "calibration, waiting for review: apply it with PUT /v1/policy)",
+    )
+
+
+class PolicyView(PolicyVersionView):
+    policy: dict[str, Any]
+    report: dict[str, Any] | None = Field(
+        default=None, description="for a proposed version: what it would change and why"
+    )
+
+
+class PolicyVersions(BaseModel):
+    versions: list[PolicyVersionView]
+
+
+class DryRun(BaseModel):
+    valid: bool
+    would_be_version: int
+    changes: list[str]
+    leads_evaluated: int
+    band_changes: dict[str, int]
+    examples: list[dict[str, Any]]
+
+
+def _policy_view(r: Any) -> PolicyView:
+    return PolicyView(
+        version=r.version,
+        created_at=iso(r.created_at),
+        created_by=r.created_by,
+        comment=r.comment,
+        status=r.status,
+        policy=orjson.loads(r.document),
+        report=orjson.loads(r.report) if r.report else None,
+    )
+
+
+@router.get(
+    "/v1/policy",
+    operation_id="getPolicy",
+    summary="The active policy",
+    response_model=PolicyView,
+    responses=ERRORS,
+)
+async def get_policy(
+    key: ReadKey, session: SessionDep, version: Annotated[int | None, Query(ge=1)] = None
+) -> PolicyView:
+    q = (
+        select(policies)
+        .where(policies.c.status == "active")
+        .order_by(policies.c.version.desc())
+        .limit(1)
+    )
+    if version is not None:
+        q = select(policies).where(policies.c.version == version)
+    row = (await session.execute(q)).first()
+    if row is None:
+        raise NotFound(f"no policy version {version}", field="version")
+    return _policy_view(row)
+
+
+@router.get(
+    "/v1/policy/versions",
+    operation_id="listPolicyVersions",
+    summary="Every stored policy version",
+    response_model=PolicyVersions,
+    responses=ERRORS,
+)
+async def list_policy_versions(key: ReadKey, session: SessionDep) -> PolicyVersions:
+    rows = await session.execute(
+        select(
+            policies.c.version,
+            policies.c.created_at,
+            policies.c.created_by,
+            policies.c.comment,
+            policies.c.status,
+        ).order_by(policies.c.version.desc())
+    )
+    return PolicyVersions(
+        versions=[
+            PolicyVersionView(
+                version=r.version,
+                created_at=iso(r.created_at),
+                created_by=r.created_by,
+                comment=r.comment,
+                status=r.status,
+            )
+            for r in rows
+        ]
+    )
+
+
+def parse_policy_body(body: bytes, content_type: str) -> Any:
+    if "yaml" in content_type:
+        try:
+            return yaml.safe_load(body)
+        except yaml.YAMLError as exc:
+            raise MalformedBody(
+                f"the body is not valid YAML: {exc}", code="malformed_yaml", field="body"
+            ) from None
+    return parse_json(body)
+
+
+def describe_changes(old: PolicyDoc, new: PolicyDoc) -> list[str]:
+    out = []
+    for name in sorted(set(old.signals) | set(new.signals)):
+        a, b = old.signals.get(name), new.signals.get(name)
+        if a is None:
+            out.append(f"signal {name} added ({b.points if b else 0:+g} points)")
+        elif b is None:
+            out.append(f"signal {name} removed")
+        elif a != b:
+            out.append(
+                f"signal {name}: {a.points:+g} → {b.points:+g} points, half-life "
+                f"{a.half_life:g}s → {b.half_life:g}s"
+            )
+    old_fit = {r.name: r for r in old.fit.rules}
+    new_fit = {r.name: r for r in new.fit.rules}
+    for name in sorted(set(old_fit) | set(new_fit)):
+        if old_fit.get(name) != new_fit.get(name):
+            out.append(
+                f"fit rule {name} "
+                + (
+                    "added"
+                    if name not in old_fit
+                    else "removed"
+                    if name not in new_fit
+                    else "changed"
+                )
+            )
+    if [r.model_dump() for r in old.routing.rules] != [r.model_dump() for r in new.routing.rules]:
+        out.append("routing rules changed")
+    if old.scoring != new.scoring:
+        out.append("bands or score limits changed")
+    for section in ("lists", "segment", "teams", "feedback"):
+        if getattr(old, section) != getattr(new, section):
+            out.append(f"{section} changed")
+    if old.routing.cooldown != new.routing.cooldown:
+        out.append(f"cooldown {old.routing.cooldown:g}s → {new.routing.cooldown:g}s")
+    return out
+
+
+@router.put(
+    "/v1/policy",
+    operation_id="putPolicy",
+    summary="Validate and apply a new policy version (or preview it with dry_run=true)",
+    response_model=PolicyView | DryRun,
+    responses=BODY_ERRORS,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"type": "object"}},
+                "application/yaml": {"schema": {"type": "string"}},
+            },
+        }
+    },
+)
+async def put_policy(
+    request: Request,
+    key: AdminKey,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    policy: PolicyDep,
+    dry_run: bool = False,
+    comment: Annotated[str | None, Query(max_length=500)] = None,
+) -> PolicyView | DryRun:
+    body = await read_body(request, MAX_ADMIN_BODY)
+    raw = parse_policy_body(body, request.headers.get("content-type", ""))
+    doc = validate_or_raise(raw)
+    now = runtime.clock.now()
+    if dry_run:
+        candidate = CompiledPolicy(policy.version + 1, doc)
+        n, changes, examples = await band_changes(session, policy, candidate, now)
+        return DryRun(
+            valid=True,
+            would_be_version=policy.version + 1,
+            changes=describe_changes(policy.doc, doc),
+            leads_evaluated=n,
+            band_changes=changes,
+            examples=examples,
+        )
+    async with session.begin():
+        compiled = await save_version(
+            session,
+            doc,
+            source_text=body.decode("utf-8", "replace"),
+            created_by=key.name,
+            now=now,
+            comment=comment,
+        )
+    runtime.set_policy(compiled)
+    row = (
+        await session.execute(select(policies).where(policies.c.version == compiled.version))
+    ).one()
+    return _policy_view(row)
+
+
+# -- destinations ---------------------------------------------------------------------
