@@ -74,8 +74,7 @@ async def import_accounts(
                 'send {"accounts": [...]}, a JSON list, or text/csv', field="accounts"
             )
     rows = validate_rows(items)
-    async with session.begin():
-        n = await upsert_accounts(session, rows, runtime.clock.now())
+    n = await upsert_accounts(session, rows, runtime.clock.now())
     return AccountsImported(upserted=n)
 
 

@@ -9,7 +9,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from sqlalchemy import update
 
 from app.api.body import body_model
-from app.api.deps import RuntimeDep, SessionDep
+from app.api.deps import RuntimeDep, SessionDep, after_commit
 from app.api.destinations import destination_row
 from app.api.read import ERRORS
 from app.auth import AdminKey
@@ -38,21 +38,20 @@ class Redelivered(BaseModel):
 async def redeliver(
     delivery_id: str, key: AdminKey, session: SessionDep, runtime: RuntimeDep
 ) -> Redelivered:
-    async with session.begin():
-        result = await session.execute(
-            update(deliveries)
-            .where(deliveries.c.id == delivery_id)
-            .values(
-                status="pending", attempts=0, next_attempt_at=runtime.clock.now(), locked_until=None
-            )
-            .returning(deliveries.c.id)
+    result = await session.execute(
+        update(deliveries)
+        .where(deliveries.c.id == delivery_id)
+        .values(
+            status="pending", attempts=0, next_attempt_at=runtime.clock.now(), locked_until=None
         )
-        if result.first() is None:
-            raise NotFound(
-                f'no delivery "{delivery_id}"', field="delivery_id", code="delivery_not_found"
-            )
+        .returning(deliveries.c.id)
+    )
+    if result.first() is None:
+        raise NotFound(
+            f'no delivery "{delivery_id}"', field="delivery_id", code="delivery_not_found"
+        )
     if runtime.dispatcher is not None:
-        runtime.dispatcher.poke()
+        after_commit(session, runtime.dispatcher.poke)
     return Redelivered(id=delivery_id, status="pending")
 
 
@@ -113,7 +112,6 @@ async def redrive_destination(
         .returning(deliveries.c.id)
     )
     n = len(result.all())
-    await session.commit()
     if n and runtime.dispatcher is not None:
-        runtime.dispatcher.poke()
+        after_commit(session, runtime.dispatcher.poke)
     return Redriven(redriven=n)

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import delete, select, update
 
 from app.api.body import body_model
-from app.api.deps import RuntimeDep, SessionDep
+from app.api.deps import RuntimeDep, SessionDep, after_commit
 from app.api.read import ERRORS
 from app.auth import AdminKey
 from app.clock import iso, new_id
@@ -151,8 +151,7 @@ async def create_destination(
             updated_at=now,
         )
     )
-    await session.commit()
-    runtime.destinations.invalidate()
+    after_commit(session, runtime.destinations.invalidate)
     row = (await session.execute(select(destinations).where(destinations.c.id == dest_id))).one()
     return _dest_view(row, secret)
 
@@ -231,10 +230,9 @@ async def update_destination(
         resumed = await dispatch.enable(conn, destination_id, now=now)
     elif body.enabled is False:
         await dispatch.disable(conn, [destination_id], reason="admin", now=now)
-    await session.commit()
-    runtime.destinations.invalidate()
+    after_commit(session, runtime.destinations.invalidate)
     if resumed and runtime.dispatcher is not None:
-        runtime.dispatcher.poke()
+        after_commit(session, runtime.dispatcher.poke)
     return _dest_view(await destination_row(session, destination_id))
 
 
@@ -259,8 +257,7 @@ async def delete_destination(
         )
         .values(status="dead", last_error="destination_deleted", locked_until=None)
     )
-    await session.commit()
-    runtime.destinations.invalidate()
+    after_commit(session, runtime.destinations.invalidate)
     return Response(status_code=204)
 
 
@@ -368,6 +365,5 @@ async def rotate_destination_secret(
             updated_at=now,
         )
     )
-    await session.commit()
-    runtime.destinations.invalidate()
+    after_commit(session, runtime.destinations.invalidate)
     return _dest_view(await destination_row(session, destination_id), secret)

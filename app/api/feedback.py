@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.api.deps import RuntimeDep, SessionDep
+from app.api.deps import RuntimeDep, SessionDep, after_commit
 from app.api.views import DispositionView
 from app.auth import FeedbackKey
 from app.clock import iso, new_id
@@ -215,57 +215,56 @@ async def post_feedback(
     _check(body, policy)
     now = runtime.clock.now()
     learned: int | None = None
-    async with session.begin():
-        decision = await find_decision(session, decision_ref)
-        ikey = _idempotency_key(decision.id, body, idempotency_key)
-        seen = (
-            await session.execute(
-                select(dispositions).where(dispositions.c.idempotency_key == ikey)
-            )
-        ).first()
-        if seen is not None:
-            response.status_code = 200
-            return FeedbackResult(**disposition_view(seen).model_dump(), duplicate=True)
-        row = {
-            "id": new_id("dsp", now),
-            "decision_id": decision.id,
-            "lead_id": decision.lead_id,
-            "status": body.status,
-            "reason": body.reason,
-            "note": body.note,
-            "value": body.value,
-            "crm_id": body.crm_id,
-            "idempotency_key": ikey,
-            "created_at": now,
-            "created_by": key.name,
-        }
-        await session.execute(dispositions.insert().values(**row))
-        changes: dict[str, Any] = {"disposition": body.status}
-        if body.crm_id is not None:
-            changes["crm_id"] = body.crm_id
-        if body.status in TAKEN and decision.accepted_at is None:
-            changes["accepted_at"] = now
-            if decision.sla_status == "pending":
-                changes["sla_status"] = "met" if now <= decision.sla_due_at else "missed"
-                metrics.count_sla(changes["sla_status"], decision.rule)
-        await session.execute(
-            update(decisions).where(decisions.c.id == decision.id).values(**changes)
+    decision = await find_decision(session, decision_ref)
+    ikey = _idempotency_key(decision.id, body, idempotency_key)
+    seen = (
+        await session.execute(select(dispositions).where(dispositions.c.idempotency_key == ikey))
+    ).first()
+    if seen is not None:
+        response.status_code = 200
+        return FeedbackResult(**disposition_view(seen).model_dump(), duplicate=True)
+    row = {
+        "id": new_id("dsp", now),
+        "decision_id": decision.id,
+        "lead_id": decision.lead_id,
+        "status": body.status,
+        "reason": body.reason,
+        "note": body.note,
+        "value": body.value,
+        "crm_id": body.crm_id,
+        "idempotency_key": ikey,
+        "created_at": now,
+        "created_by": key.name,
+    }
+    await session.execute(dispositions.insert().values(**row))
+    changes: dict[str, Any] = {"disposition": body.status}
+    if body.crm_id is not None:
+        changes["crm_id"] = body.crm_id
+    if body.status in TAKEN and decision.accepted_at is None:
+        changes["accepted_at"] = now
+        if decision.sla_status == "pending":
+            changes["sla_status"] = "met" if now <= decision.sla_due_at else "missed"
+            metrics.count_sla(changes["sla_status"], decision.rule)
+    await session.execute(update(decisions).where(decisions.c.id == decision.id).values(**changes))
+    if body.status == "rejected" and body.reason is not None:
+        learned = await _learn(
+            session,
+            policy,
+            reason=body.reason,
+            lead_id=decision.lead_id,
+            decision_id=decision.id,
+            who=f"feedback:{key.name}",
+            now=now,
         )
-        if body.status == "rejected" and body.reason is not None:
-            learned = await _learn(
-                session,
-                policy,
-                reason=body.reason,
-                lead_id=decision.lead_id,
-                decision_id=decision.id,
-                who=f"feedback:{key.name}",
-                now=now,
-            )
     if learned is not None:
-        async with runtime.sessionmaker() as s:
-            fresh = await active_policy(s)
-        if fresh is not None:
-            runtime.set_policy(fresh)
+
+        async def use_learned() -> None:
+            async with runtime.sessionmaker() as s:
+                fresh = await active_policy(s)
+            if fresh is not None:
+                runtime.set_policy(fresh)
+
+        after_commit(session, use_learned)
     return FeedbackResult(
         id=row["id"],
         decision_id=decision.id,

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from app.api.body import parse_json, read_body
-from app.api.deps import PolicyDep, RuntimeDep, SessionDep
+from app.api.deps import PolicyDep, RuntimeDep, SessionDep, after_commit
 from app.api.read import ERRORS
 from app.auth import AdminKey, ReadKey
 from app.clock import iso
@@ -216,20 +216,16 @@ async def put_policy(
             band_changes=changes,
             examples=examples,
         )
-    async with session.begin():
-        compiled = await save_version(
-            session,
-            doc,
-            source_text=body.decode("utf-8", "replace"),
-            created_by=key.name,
-            now=now,
-            comment=comment,
-        )
-    runtime.set_policy(compiled)
+    compiled = await save_version(
+        session,
+        doc,
+        source_text=body.decode("utf-8", "replace"),
+        created_by=key.name,
+        now=now,
+        comment=comment,
+    )
+    after_commit(session, lambda: runtime.set_policy(compiled))
     row = (
         await session.execute(select(policies).where(policies.c.version == compiled.version))
     ).one()
     return _policy_view(row)
-
-
-# -- destinations ---------------------------------------------------------------------

@@ -455,10 +455,7 @@ async def get_source_report(
     first-touch source or campaign or its account's tier. See the README for definitions."""
     now = runtime.clock.now()
     start, end = window(since, until, now)
-    async with session.begin():
-        report = await build_report(
-            session, policy, since=start, until=end, group_by=group_by, now=now
-        )
+    report = await build_report(session, policy, since=start, until=end, group_by=group_by, now=now)
     if format == "csv":
         return Response(
             to_csv(report, policy.doc.feedback.rejection_reasons),
