@@ -21,8 +21,9 @@ run: $(STAMP)
 # The suite runs against SQLite and a private PostgreSQL, and talks to a real Kafka broker;
 # deploy/services.sh installs and starts both (Debian packages, Maven Central jars).
 test: $(STAMP)
-	$(BIN)/ruff check app tests bench migrations
+	$(BIN)/ruff check app tests bench migrations tools
 	$(BIN)/mypy app
+	$(BIN)/python tools/check_imports.py
 	deploy/services.sh up >/dev/null
 	. .services/env && trap 'deploy/services.sh down' EXIT && \
 	  env -u INTENT_DATABASE_URL -u INTENT_KAFKA_BOOTSTRAP \
@@ -36,10 +37,13 @@ services: $(STAMP)
 services-down:
 	deploy/services.sh down
 
+# tools/check_imports.py: the house rules (import layers and circles, the one writer of
+# delivery state, file and function sizes, no commits in route handlers).
 lint: $(STAMP)
-	$(BIN)/ruff check app tests bench migrations
-	$(BIN)/ruff format --check app tests bench migrations
+	$(BIN)/ruff check app tests bench migrations tools
+	$(BIN)/ruff format --check app tests bench migrations tools
 	$(BIN)/mypy app
+	$(BIN)/python tools/check_imports.py
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
