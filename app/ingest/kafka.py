@@ -148,9 +148,10 @@ class KafkaIngest:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self.consumer is not None:
-            await self.consumer.stop()
+            await _stop_quietly(self.consumer.stop)
         if self.dlq is not None:
-            await self.dlq.stop()
+            await _stop_quietly(self.dlq.stop)
+        log.info("kafka consumer stopped")
 
     async def _run(self) -> None:
         assert self.consumer is not None
@@ -285,6 +286,20 @@ class KafkaIngest:
         )
 
 
+async def _stop_quietly(stop: Callable[[], Awaitable[None]]) -> None:
+    """Stop an aiokafka client. With the broker gone, aiokafka's fetcher cancels a task
+    sleeping in its retry backoff and lets that CancelledError out of ``stop()`` (which
+    made uvicorn report "Application shutdown failed"); only a cancellation of our own
+    task is passed on."""
+    try:
+        await stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.info("kafka client stopped while the broker was unreachable")
+
+
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, ingest: KafkaIngest) -> None:
         self.ingest = ingest
@@ -317,7 +332,7 @@ class KafkaProducerIngest:
         await self.producer.start()
 
     async def stop(self) -> None:
-        await self.producer.stop()
+        await _stop_quietly(self.producer.stop)
 
     async def publish(self, events: list[Event], free_mail: frozenset[str]) -> None:
         futures = [

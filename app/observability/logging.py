@@ -67,10 +67,44 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
+class RepeatFilter(logging.Filter):
+    """One line per state change from a chatty client library, not one per retry.
+
+    With the broker down, aiokafka logs each reconnect, metadata refresh and fetch it
+    retries (hundreds of lines in seconds). A message of the same kind (its text with the
+    numbers taken out) from the same logger is let through once, then held back for
+    ``window`` seconds; the next one that passes says how many were held back."""
+
+    def __init__(self, prefixes: tuple[str, ...] = ("aiokafka",), window: float = 60.0) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+        self.window = window
+        self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self.prefixes):
+            return True
+        kind = (record.name, record.levelno, _NUMBERS.sub("#", record.getMessage())[:200])
+        passed_at, held = self._seen.get(kind, (0.0, 0))
+        if record.created - passed_at < self.window:
+            self._seen[kind] = (passed_at, held + 1)
+            return False
+        if len(self._seen) > 1000:  # bounded, whatever the messages
+            self._seen.clear()
+        self._seen[kind] = (record.created, 0)
+        if held:
+            record.repeated = held
+        return True
+
+
+_NUMBERS = re.compile(r"\d+")
+
+
 def configure(level: str = "INFO", stream: Any = None) -> None:
     """Route every logger through one JSON handler (replacing earlier handlers)."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(RepeatFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
