@@ -1,359 +1,45 @@
-"""Tables (SQLAlchemy Core), the async engine and the session factory.
+"""Database infrastructure: tables, engine and sessions, driver-level bulk statements
+(``app.db.bulk``), the SQLite WAL checkpointer (``app.db.wal``) and migrations
+(``app.db.migrate``). The tables and the engine helpers are re-exported here."""
 
-Timestamps are POSIX seconds in double-precision columns: the scoring math works in
-seconds, and the hot path then converts nothing. JSON columns are text written with
-orjson, identical on SQLite and PostgreSQL.
-"""
-
-from __future__ import annotations
-
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
-
-import orjson
-from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    Column,
-    Float,
-    Index,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    event,
-)
-from sqlalchemy.ext.asyncio import (
-    AsyncEngine,
-    AsyncSession,
-    async_sessionmaker,
-    create_async_engine,
-)
-
-from app.config import Settings
-from app.db.wal import BACKSTOP_PAGES
-
-metadata = MetaData(
-    naming_convention={
-        "ix": "ix_%(column_0_label)s",
-        "uq": "uq_%(table_name)s_%(column_0_name)s",
-        "ck": "ck_%(table_name)s_%(constraint_name)s",
-        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-        "pk": "pk_%(table_name)s",
-    }
-)
-
-api_keys = Table(
-    "api_keys",
+from app.db.engine import Transaction, dialect_of, make_engine, make_sessionmaker, upsert
+from app.db.tables import (
+    accounts,
+    api_keys,
+    decisions,
+    deliveries,
+    delivery_attempts,
+    destinations,
+    dispositions,
+    dumps,
+    events,
+    identities,
+    leads,
+    loads,
     metadata,
-    Column("id", String(40), primary_key=True),
-    Column("name", String(200), nullable=False),
-    Column("prefix", String(20), nullable=False),
-    Column("key_hash", String(64), nullable=False, unique=True),
-    Column("scopes", String(200), nullable=False),
-    Column("created_at", Float, nullable=False),
-    Column("revoked_at", Float),
+    policies,
+    routing_counters,
 )
 
-policies = Table(
-    "policies",
-    metadata,
-    Column("version", Integer, primary_key=True, autoincrement=False),
-    Column("document", Text, nullable=False),
-    Column("source_text", Text),
-    Column("created_at", Float, nullable=False),
-    Column("created_by", String(200)),
-    Column("comment", Text),
-    # "active" versions are applied in order (the newest is in force); a "proposed" one
-    # (from calibration) waits for a human to apply it. Its report says what it changes.
-    Column("status", String(20), nullable=False, default="active"),
-    Column("report", Text),
-)
-
-events = Table(
-    "events",
-    metadata,
-    Column("event_id", String(200), primary_key=True),
-    Column("received_at", Float, nullable=False),
-    Column("occurred_at", Float, nullable=False),
-    Column("type", String(100), nullable=False),
-    Column("source", String(200), nullable=False),
-    Column("transport", String(20), nullable=False),
-    Column("lead_id", String(320)),
-    Column("account_domain", String(255)),
-    Column("policy_version", Integer, nullable=False),
-    Column("payload", Text, nullable=False),
-    Index("ix_events_lead_id", "lead_id"),
-    Index("ix_events_source_received", "source", "received_at"),
-)
-
-leads = Table(
-    "leads",
-    metadata,
-    Column("lead_id", String(320), primary_key=True),
-    Column("email", String(320)),
-    Column("account_domain", String(255)),
-    Column("attributes", Text, nullable=False, default="{}"),
-    Column("signals", Text, nullable=False, default="{}"),
-    Column("fit", Float, nullable=False, default=0.0),
-    Column("intent", Float, nullable=False, default=0.0),
-    Column("band", String(40), nullable=False),
-    Column("band_at", Float, nullable=False),
-    Column("policy_version", Integer, nullable=False),
-    Column("source", String(200)),
-    Column("first_seen_at", Float, nullable=False),
-    Column("last_event_at", Float, nullable=False),
-    Column("last_decision_at", Float),
-    Column("last_decision_band", String(40)),
-    Column("last_decision_tier", String(20)),
-    Column("merged_into", String(320)),
-    Column("updated_at", Float, nullable=False),
-    Index("ix_leads_account_domain", "account_domain"),
-    Index("ix_leads_band", "band"),
-)
-
-identities = Table(
-    "identities",
-    metadata,
-    Column("identifier", String(400), primary_key=True),
-    Column("lead_id", String(320), nullable=False),
-    Index("ix_identities_lead_id", "lead_id"),
-)
-
-accounts = Table(
+__all__ = [
+    "Transaction",
     "accounts",
-    metadata,
-    Column("domain", String(255), primary_key=True),
-    Column("name", String(300)),
-    Column("tier", String(20)),
-    Column("owner", String(320)),
-    Column("territory", String(100)),
-    Column("industry", String(100)),
-    Column("employees", Integer),
-    Column("country", String(2)),
-    Column("annual_revenue", Float),
-    Column("attributes", Text, nullable=False, default="{}"),
-    Column("signals", Text, nullable=False, default="{}"),
-    Column("active_leads", Integer, nullable=False, default=0),
-    Column("last_event_at", Float),
-    Column("last_decision_at", Float),
-    Column("last_decision_tier", String(20)),
-    Column("updated_at", Float, nullable=False),
-    Index("ix_accounts_tier", "tier"),
-)
-
-decisions = Table(
+    "api_keys",
     "decisions",
-    metadata,
-    Column("id", String(40), primary_key=True),
-    Column("type", String(40), nullable=False),
-    Column("lead_id", String(320)),
-    Column("account_domain", String(255)),
-    Column("rule", String(200), nullable=False),
-    Column("team", String(200), nullable=False),
-    Column("assignee", String(320)),
-    Column("band", String(40)),
-    Column("tier", String(20)),
-    Column("reason", Text, nullable=False),
-    Column("policy_version", Integer, nullable=False),
-    Column("trigger_event_id", String(200)),
-    Column("event_received_at", Float),
-    Column("created_at", Float, nullable=False),
-    Column("payload", Text, nullable=False),
-    # Where the lead came from (first touch), for the scorecard.
-    Column("source", String(200)),
-    Column("campaign", String(200)),
-    # The record the CRM made for this decision, once it says so in feedback.
-    Column("crm_id", String(200)),
-    # The latest disposition (accepted | rejected | opportunity | won | lost) and when
-    # sales first accepted; the full history is in ``dispositions``.
-    Column("disposition", String(20)),
-    Column("accepted_at", Float),
-    # SLA of the routing rule: accept by ``sla_due_at``; pending | met | missed.
-    Column("sla_due_at", Float),
-    Column("sla_status", String(20)),
-    Index("ix_decisions_lead_id", "lead_id"),
-    Index("ix_decisions_crm_id", "crm_id"),
-    Index("ix_decisions_sla", "sla_status", "sla_due_at"),
-    Index("ix_decisions_account_domain", "account_domain"),
-    Index("ix_decisions_created_at", "created_at"),
-)
-
-destinations = Table(
-    "destinations",
-    metadata,
-    Column("id", String(40), primary_key=True),
-    Column("name", String(200), nullable=False, unique=True),
-    Column("url", Text, nullable=False),
-    Column("secret", String(200), nullable=False),
-    Column("enabled", Boolean, nullable=False, default=True),
-    Column("format", String(20), nullable=False, default="json"),
-    Column("filter", Text, nullable=False, default="{}"),
-    Column("created_at", Float, nullable=False),
-    Column("updated_at", Float, nullable=False),
-    # Why and when it was switched off (410 Gone, an admin); cleared when re-enabled.
-    Column("disabled_reason", String(200)),
-    Column("disabled_at", Float),
-    # The secret before the last rotation, still signed with until it expires.
-    Column("previous_secret", String(200)),
-    Column("previous_secret_expires_at", Float),
-    # Start of the current run of failed attempts (no success since); None when healthy.
-    Column("failing_since", Float),
-)
-
-dispositions = Table(
-    "dispositions",
-    metadata,
-    Column("id", String(40), primary_key=True),
-    Column("decision_id", String(40), nullable=False),
-    Column("lead_id", String(320)),
-    Column("status", String(20), nullable=False),  # accepted|rejected|opportunity|won|lost
-    Column("reason", String(100)),  # rejected: one of the policy's rejection reasons
-    Column("note", Text),
-    Column("value", Float),  # opportunity / won: its value
-    Column("crm_id", String(200)),
-    # The client's idempotency key (header Idempotency-Key), else a digest of the body.
-    Column("idempotency_key", String(200), nullable=False, unique=True),
-    Column("created_at", Float, nullable=False),
-    Column("created_by", String(200)),
-    Index("ix_dispositions_decision_id", "decision_id"),
-    Index("ix_dispositions_lead_id", "lead_id"),
-)
-
-deliveries = Table(
     "deliveries",
-    metadata,
-    Column("id", String(40), primary_key=True),
-    Column("decision_id", String(40), nullable=False),
-    Column("destination_id", String(40), nullable=False),
-    # pending | delivered | dead | parked (its destination is disabled; resumes on enable)
-    Column("status", String(20), nullable=False),
-    Column("attempts", Integer, nullable=False, default=0),
-    Column("next_attempt_at", Float, nullable=False),
-    Column("locked_until", Float),
-    Column("last_status_code", Integer),
-    Column("last_error", Text),
-    Column("event_received_at", Float),
-    Column("created_at", Float, nullable=False),
-    Column("delivered_at", Float),
-    # Deliveries of one lead (or account) to one destination go out in ``seq`` order:
-    # a delivery waits while an earlier one of its lane is still pending.
-    Column("order_key", String(320)),
-    Column("seq", BigInteger),
-    Index("ix_deliveries_status_next", "status", "next_attempt_at"),
-    Index("ix_deliveries_decision_id", "decision_id"),
-    Index("ix_deliveries_lane", "destination_id", "order_key", "seq"),
-    Index("ix_deliveries_destination_due", "destination_id", "status", "next_attempt_at"),
-)
-
-delivery_attempts = Table(
     "delivery_attempts",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("delivery_id", String(40), nullable=False),
-    Column("attempt", Integer, nullable=False),
-    Column("started_at", Float, nullable=False),
-    Column("status_code", Integer),
-    Column("latency_ms", Float, nullable=False),
-    Column("error", Text),
-    Column("response_body", Text),
-    Index("ix_delivery_attempts_delivery_id", "delivery_id"),
-)
-
-routing_counters = Table(
+    "destinations",
+    "dialect_of",
+    "dispositions",
+    "dumps",
+    "events",
+    "identities",
+    "leads",
+    "loads",
+    "make_engine",
+    "make_sessionmaker",
+    "metadata",
+    "policies",
     "routing_counters",
-    metadata,
-    # key is "rr:<team>" for a round-robin cursor or "cap:<team>:<member>:<day>"
-    Column("key", String(600), primary_key=True),
-    Column("value", Integer, nullable=False),
-)
-
-
-def dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
-def loads(text: str | bytes | None) -> Any:
-    return orjson.loads(text) if text else {}
-
-
-def make_engine(settings: Settings) -> AsyncEngine:
-    """Create the engine; SQLite gets WAL, a busy timeout and the configured durability."""
-    if settings.is_sqlite:
-        path = settings.sqlite_path()
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        pool = {"pool_size": 5, "max_overflow": 5} if path is not None else {}
-        # check_same_thread=False: the pipeline's thread runs its bulk statements on the
-        # connection itself (app.db.bulk.call_sqlite_directly), not only aiosqlite's worker.
-        engine = create_async_engine(
-            settings.database_url,
-            connect_args={"timeout": 30, "check_same_thread": False},
-            **pool,
-        )
-        sync_mode = settings.sqlite_synchronous
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute(f"PRAGMA synchronous={sync_mode}")
-            cur.execute("PRAGMA busy_timeout=30000")
-            # A bigger page cache than the 2 MB default for the lead and account tables.
-            cur.execute("PRAGMA cache_size=-131072")
-            cur.execute("PRAGMA temp_store=MEMORY")
-            cur.execute("PRAGMA foreign_keys=ON")
-            # The service checkpoints on a thread of its own (app.db.wal); this is the backstop.
-            cur.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
-            cur.close()
-
-        return engine
-    return create_async_engine(
-        settings.database_url, pool_size=10, max_overflow=10, pool_pre_ping=True
-    )
-
-
-T = TypeVar("T")
-# A transaction to run: given the sessionmaker to open it with (``LoopThread.write``).
-Transaction = Callable[[async_sessionmaker[AsyncSession]], Awaitable[T]]
-
-
-def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False)
-
-
-def dialect_of(session: AsyncSession) -> str:
-    bind = session.bind
-    assert bind is not None
-    return bind.dialect.name
-
-
-def upsert(
-    session: AsyncSession,
-    table: Table,
-    rows: list[dict[str, Any]],
-    keys: list[str],
-    update_cols: list[str] | None = None,
-) -> Any:
-    """``INSERT … ON CONFLICT (keys) DO UPDATE`` for SQLite and PostgreSQL alike.
-
-    Updates ``update_cols`` (default: every non-key column given). Returns the awaitable
-    execute; rows must all carry the same columns.
-    """
-    if dialect_of(session) == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        stmt: Any = pg_insert(table)
-    else:
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        stmt = sqlite_insert(table)
-    cols = update_cols if update_cols is not None else [c for c in rows[0] if c not in keys]
-    if cols:
-        stmt = stmt.on_conflict_do_update(
-            index_elements=keys, set_={c: stmt.excluded[c] for c in cols}
-        )
-    else:
-        stmt = stmt.on_conflict_do_nothing(index_elements=keys)
-    return session.execute(stmt, rows)
+    "upsert",
+]
