@@ -1,6 +1,10 @@
 """The event path, one batch at a time, in one transaction:
 
-ingest (dedupe) → identify (stitch, match accounts) → score → surge → route → outbox.
+ingest (dedupe) → load (the batch's leads, accounts, identities) → identify (resolve,
+stitch, attach to accounts) → score (signals, fit, band) → surge (accounts) → route
+(rules, cooldown, assignment, decisions) → outbox (deliveries) → save (state back).
+
+Each stage's timer (``intent_pipeline_stage_seconds{stage}``) times exactly that stage.
 
 The caller opens the transaction and commits it; only then are HTTP 202s answered,
 Kafka offsets committed and the claimed deliveries handed to the dispatcher.
@@ -93,8 +97,27 @@ async def process(
     state = BatchState(policy=policy, now=now)
     await state.load(session, fresh)
     timer.lap("load")
-    # Identify and score event by event, in order: the next event's stitching may merge
-    # the lead this one scored. Each stage's time is summed over the batch.
+    candidates = _identify_and_score(state, fresh, timer)
+    candidates += await surge_candidates(session, state, set(state.account_trigger))
+    timer.lap("surge")
+
+    routed, suppressed = await _route(session, state, candidates)
+    timer.lap("route")
+    outbox = await enqueue(session, routed, destinations, now=now, lease_until=lease_until)
+    timer.lap("outbox")
+    await state.save(session)
+    timer.lap("save")
+    return BatchResult(
+        statuses, outbox.claimed, [r.row for r in routed], suppressed, outbox.waiting
+    )
+
+
+def _identify_and_score(
+    state: BatchState, fresh: list[Event], timer: _StageTimer
+) -> list[Candidate]:
+    """Identify, then score, each event in order: the next event's stitching may merge the
+    lead this one scored. Each stage's time is summed over the batch."""
+    policy, now = state.policy, state.now
     candidates: list[Candidate] = []
     identify_s = score_s = 0.0
     clock = time.perf_counter
@@ -112,18 +135,7 @@ async def process(
     timer.observe("identify", identify_s)
     timer.observe("score", score_s)
     timer.restart()
-    candidates += await surge_candidates(session, state, set(state.account_trigger))
-    timer.lap("surge")
-
-    routed, suppressed = await _route(session, state, candidates)
-    timer.lap("route")
-    outbox = await enqueue(session, routed, destinations, now=now, lease_until=lease_until)
-    timer.lap("outbox")
-    await state.save(session)
-    timer.lap("save")
-    return BatchResult(
-        statuses, outbox.claimed, [r.row for r in routed], suppressed, outbox.waiting
-    )
+    return candidates
 
 
 async def _ingest(
