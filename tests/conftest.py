@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -11,18 +10,7 @@ import pytest
 
 from app.clock import FakeClock
 from app.config import Settings
-from tests.harness import Receiver, Service, receiver, service
-
-
-def require_service(var: str) -> str:
-    """A real service's address from the environment; in CI its absence is a failure."""
-    value = os.environ.get(var)
-    if not value:
-        message = f"{var} is not set: run `make services` (make test does it for you)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return value
+from tests.support.harness import Receiver, Service, receiver, require_service, service
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from app.auth import create_key
 from app.clock import FakeClock
-from tests.harness import Service, event, ts
+from tests.support.harness import Service, event, ts
 
 # -- helpers ------------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from app.db import decisions, dispositions, dumps, events, leads, make_engine, m
 from app.db import policies as policies_table
 from app.policy.impact.calibration import CalibrationError, calibrate, decayed_counts, render
 from app.scoring.decay import apply_event
-from tests.harness import Service
+from tests.support.harness import Service
 
 DAY = 86400.0
 CLI = str(Path(sys.executable).parent / "intent-router")

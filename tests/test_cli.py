@@ -81,7 +81,7 @@ def test_bad_settings_stop_start_up_with_the_variable_named(tmp_path: Path) -> N
 
 
 async def test_serve_runs_the_configured_number_of_worker_processes(database_url: str) -> None:
-    from tests.harness import Spawned, eventually
+    from tests.support.harness import Spawned, eventually
 
     proc = Spawned(
         {"INTENT_DATABASE_URL": database_url, "INTENT_WORKERS": "2", "INTENT_LOG_LEVEL": "info"}

@@ -23,8 +23,8 @@ from starlette.routing import Route
 from app.clock import FakeClock
 from app.config import Settings
 from app.delivery import signing
-from tests.harness import Service, eventually, service
-from tests.test_e2e import hot_events
+from tests.support.harness import Service, eventually, service
+from tests.support.scenarios import hot_events
 
 # The documented schedule (delays before attempts 1…8, each jittered by ±20 %): stated
 # here, not imported, so a change to it has to change this test too.

@@ -28,7 +28,7 @@ from starlette.routing import Route
 from app.clock import FakeClock, iso
 from app.config import Settings
 from app.delivery.ssrf import SsrfGuard, SsrfRefused
-from tests.harness import (
+from tests.support.harness import (
     Received,
     Receiver,
     Service,
@@ -38,7 +38,7 @@ from tests.harness import (
     serve,
     service,
 )
-from tests.test_e2e import ACME, hot_events, route_warm_leads, setup_crm
+from tests.support.scenarios import ACME, hot_events, route_warm_leads, setup_crm
 
 
 @dataclass

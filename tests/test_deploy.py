@@ -34,7 +34,7 @@ from app.clock import FakeClock
 from app.config import Settings
 from app.observability import metrics
 from app.policy.schema import parse_policy
-from tests.harness import event, receiver, service
+from tests.support.harness import event, receiver, service
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

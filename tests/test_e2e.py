@@ -4,69 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import copy
-from typing import Any
 
 from standardwebhooks.webhooks import Webhook
 
 from app.clock import FakeClock
-from tests.harness import Receiver, Service, event
+from tests.support.harness import Receiver, Service, event
+from tests.support.scenarios import ACME, hot_events, lead, route_warm_leads, setup_crm
 
-ACME = {
-    "domain": "acme.com",
-    "industry": "software",
-    "employees": 1200,
-    "country": "US",
-    "annual_revenue": 50_000_000,
-}
 HOUR = 3600.0
-
-
-async def setup_crm(svc: Service, hook: Receiver, **extra: Any) -> dict[str, Any]:
-    r = await svc.client.put(
-        "/v1/accounts",
-        json={
-            "accounts": [
-                {
-                    "domain": "acme.com",
-                    "name": "Acme",
-                    "tier": "tier_1",
-                    "owner": "jo@ours.example",
-                },
-            ]
-        },
-    )
-    assert r.status_code == 200, r.text
-    r = await svc.client.post(
-        "/v1/destinations", json={"name": "crm", "url": hook.url + "/crm", **extra}
-    )
-    assert r.status_code == 201, r.text
-    dest: dict[str, Any] = r.json()
-    assert dest["secret"].startswith("whsec_")
-    return dest
-
-
-def hot_events(prefix: str, t: float, email: str = "dana@acme.com") -> list[dict[str, Any]]:
-    # fit 50 (size, industry, VP title, US, revenue) + 20 + 15 = 85 → hot
-    return [
-        event(
-            f"{prefix}-1",
-            "pricing_page_view",
-            t,
-            email=email,
-            title="VP Sales",
-            account=ACME,
-            source="linkedin_ads",
-        ),
-        event(f"{prefix}-2", "demo_request", t, email=email, source="linkedin_ads"),
-    ]
-
-
-async def lead(svc: Service, lead_id: str) -> dict[str, Any]:
-    r = await svc.client.get(f"/v1/leads/{lead_id}")
-    assert r.status_code == 200, r.text
-    body: dict[str, Any] = r.json()
-    return body
 
 
 async def test_hot_tier_1_lead_gets_one_signed_explained_webhook(
@@ -165,28 +110,6 @@ async def test_cooldown_suppresses_a_flap_and_routes_again_after_it(
     assert got[1].json()["data"]["trigger_event_id"] in ("later-d", "later-p")
     assert got[0].headers["webhook-id"] != got[1].headers["webhook-id"]
     assert len((await lead(svc, "dana@acme.com"))["decisions"]) == 2
-
-
-async def route_warm_leads(svc: Service) -> int:
-    """A policy version that routes warm leads too: a lead that turns warm, then hot, gets
-    two decisions, the second an escalation within the cooldown. Returns its version."""
-    policy = copy.deepcopy((await svc.client.get("/v1/policy")).json()["policy"])
-    policy["routing"]["rules"].insert(
-        0,
-        {
-            "name": "warm_nurture",
-            "kind": "lead",
-            "when": {"band": "warm"},
-            "team": "nurture",
-            "assignment": "fixed",
-            "assignee": "sdr@ours.example",
-        },
-    )
-    policy["teams"]["nurture"] = {"members": []}
-    r = await svc.client.put("/v1/policy", json=policy)
-    assert r.status_code == 200, r.text
-    version: int = r.json()["version"]
-    return version
 
 
 async def test_escalation_within_cooldown_routes_again(

@@ -7,8 +7,8 @@ from typing import Any
 
 from app.auth import create_key
 from app.clock import FakeClock
-from tests.harness import Receiver, Service, eventually
-from tests.test_e2e import ACME, hot_events, setup_crm
+from tests.support.harness import Receiver, Service, eventually
+from tests.support.scenarios import ACME, hot_events, setup_crm
 
 
 async def routed(svc: Service, hook: Receiver, clock: FakeClock, email: str) -> str:

@@ -20,8 +20,7 @@ from app.ingest.kafka import KafkaIngest, ensure_topics
 from app.policy.defaults import default_policy_raw
 from app.policy.schema import CompiledPolicy
 from app.policy.store import validate_or_raise
-from tests.conftest import require_service
-from tests.harness import Spawned, event, eventually, receiver, service
+from tests.support.harness import Spawned, event, eventually, receiver, require_service, service
 
 
 @pytest.fixture
@@ -197,7 +196,7 @@ async def test_http_ingest_produces_to_kafka_and_the_consumer_scores(
             },
         )
         await svc.client.post("/v1/destinations", json={"name": "crm", "url": hook.url})
-        from tests.test_e2e import hot_events
+        from tests.support.scenarios import hot_events
 
         r = await svc.client.post("/v1/events", json={"events": hot_events("h", clock.now())})
         assert r.status_code == 202
@@ -429,7 +428,7 @@ async def test_roles_split_api_from_consumer_and_dispatcher(
                     },
                 )
                 await c.post("/v1/destinations", json={"name": "crm", "url": hook.url})
-                from tests.test_e2e import hot_events
+                from tests.support.scenarios import hot_events
 
                 r = await c.post("/v1/events", json={"events": hot_events("roles", time.time())})
                 assert r.status_code == 202

@@ -11,8 +11,8 @@ import httpx
 import orjson
 
 from app.observability.logging import REDACTED, JsonFormatter, redact
-from tests.harness import Spawned, eventually, receiver
-from tests.test_e2e import hot_events
+from tests.support.harness import Spawned, eventually, receiver
+from tests.support.scenarios import hot_events
 
 
 def test_credentials_are_redacted_wherever_they_appear() -> None:

@@ -7,9 +7,14 @@ from typing import Any
 from prometheus_client import REGISTRY
 
 from app.clock import FakeClock
-from tests.harness import Receiver, Service, eventually
-from tests.test_delivery_http import decision_ids, settled_delivery, settled_delivery_attempts
-from tests.test_e2e import hot_events, setup_crm
+from tests.support.harness import Receiver, Service, eventually
+from tests.support.scenarios import (
+    decision_ids,
+    hot_events,
+    settled_delivery,
+    settled_delivery_attempts,
+    setup_crm,
+)
 
 
 def sample(name: str, labels: dict[str, str] | None = None) -> float:

@@ -15,8 +15,8 @@ from app.db import events, identities, leads, make_engine, make_sessionmaker
 from app.db.migrate import upgrade
 from app.ingest.schemas import EVENT_ADAPTER, to_event
 from app.policy.store import ensure_default
-from tests.harness import Spawned, event, receiver, service
-from tests.test_e2e import hot_events
+from tests.support.harness import Spawned, event, receiver, service
+from tests.support.scenarios import hot_events
 
 
 async def test_failed_delivery_is_retried_after_a_restart(
@@ -69,7 +69,7 @@ async def test_sigkill_during_delivery_loses_nothing(database_url: str) -> None:
     from starlette.responses import Response
     from starlette.routing import Route
 
-    from tests.harness import serve
+    from tests.support.harness import serve
 
     async def handle(request: Request) -> Response:
         arrived.append((request.headers["webhook-id"], await request.body()))

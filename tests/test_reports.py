@@ -22,7 +22,7 @@ from typing import Any
 
 from app.auth import create_key
 from app.clock import FakeClock
-from tests.harness import Service, event, ts
+from tests.support.harness import Service, event, ts
 
 DAY = 86400.0
 SLA_SECONDS = 15 * 60  # the SLA the test gives the hot_tier_1 rule

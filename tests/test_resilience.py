@@ -39,9 +39,16 @@ from starlette.routing import Route
 
 from app.config import Settings
 from app.db import events, leads
-from tests.conftest import require_service
-from tests.harness import Spawned, event, eventually, free_port, serve, service
-from tests.test_e2e import hot_events
+from tests.support.harness import (
+    Spawned,
+    event,
+    eventually,
+    free_port,
+    require_service,
+    serve,
+    service,
+)
+from tests.support.scenarios import hot_events
 
 SITE_VISIT = 5.0  # a single site_visit's intent points (decay over a test's minute: < 0.01)
 CLIENT_TIMEOUT = 10.0

@@ -32,7 +32,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from app.config import Settings
-from tests.harness import Receiver, Service, event, receiver, service
+from tests.support.harness import Receiver, Service, event, receiver, service
 
 SPEC = Path(__file__).resolve().parent.parent / "openapi.yaml"
 schema = schemathesis.openapi.from_path(SPEC)

@@ -20,17 +20,11 @@ import segment.analytics.request as seg_request
 from segment.analytics import Client
 from segment.analytics.request import APIError
 
-from app.auth import create_key
 from app.clock import FakeClock
-from tests.harness import Service, ts
+from tests.support.harness import Service, ts
+from tests.support.scenarios import lead, new_key
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-async def new_key(svc: Service, name: str, scopes: list[str]) -> str:
-    async with svc.runtime.sessionmaker() as s, s.begin():
-        _, key = await create_key(s, name=name, scopes=scopes, now=svc.runtime.clock.now())
-    return key
 
 
 @pytest.fixture
@@ -84,12 +78,6 @@ async def sdk_factory(svc: Service) -> AsyncIterator[Callable[..., Sdk]]:
     for s in made:
         if not s.client.sync_mode:
             await asyncio.to_thread(s.client.join)
-
-
-async def lead(svc: Service, lead_id: str) -> dict[str, Any]:
-    r = await svc.client.get(f"/v1/leads/{lead_id}")
-    assert r.status_code == 200, r.text
-    return r.json()
 
 
 def signals(view: dict[str, Any]) -> dict[str, float]:

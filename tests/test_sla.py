@@ -17,9 +17,8 @@ from app.clock import FakeClock
 from app.config import Settings
 from app.db import decisions
 from app.routing.sla import SlaTimer
-from tests.harness import Receiver, Service, service
-from tests.test_e2e import setup_crm
-from tests.test_feedback import feedback, routed
+from tests.support.harness import Receiver, Service, service
+from tests.support.scenarios import feedback, routed, setup_crm
 
 MINUTE = 60.0
 OWNER = "jo@ours.example"  # acme.com's account owner: who hot_tier_1 assigns

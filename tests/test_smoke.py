@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from tests.harness import Receiver, Service, event
+from tests.support.harness import Receiver, Service, event
 
 
 async def test_hot_lead_is_delivered(svc: Service, hook: Receiver) -> None:

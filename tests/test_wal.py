@@ -17,7 +17,7 @@ from app.db import make_engine
 from app.db.wal import BACKSTOP_PAGES, Checkpointer
 from app.observability import metrics
 from app.runtime.service import Runtime
-from tests.harness import eventually
+from tests.support.harness import eventually
 
 PAGE = 4096
 

@@ -1,4 +1,5 @@
-"""Real servers on loopback for tests: the service itself and a webhook receiver."""
+"""Real servers on loopback for tests: the service itself (in this event loop, or as an
+OS process), a webhook receiver, and the addresses of the shared services."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -29,6 +31,17 @@ from app.clock import Clock
 from app.config import Settings
 from app.main import create_app
 from app.runtime.service import Runtime
+
+
+def require_service(var: str) -> str:
+    """A real service's address from the environment; in CI its absence is a failure."""
+    value = os.environ.get(var)
+    if not value:
+        message = f"{var} is not set: run `make services` (make test does it for you)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return value
 
 
 def loopback_socket() -> socket.socket:
