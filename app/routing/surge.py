@@ -40,46 +40,51 @@ def _cooling_down(state: BatchState, acct: AccountState) -> bool:
     return not allowed
 
 
-async def surge_candidates(
-    session: AsyncSession, state: BatchState, touched: set[str]
-) -> list[Candidate]:
-    """Recount active leads of touched accounts; a Candidate for each whose count rose."""
-    policy, now = state.policy, state.now
-    account_rules = [r for r in policy.rules if r.rule.kind == "account"]
+def _active(state: BatchState, signals: Accumulators, last_event_at: float) -> bool:
+    surge = state.policy.doc.routing.surge
+    return (
+        last_event_at >= state.now - surge.window
+        and raw_intent(signals, state.now, state.policy.signals) >= surge.active_lead_intent
+    )
+
+
+def _eligible(state: BatchState, touched: set[str]) -> set[str]:
+    """The touched accounts whose tier some account rule routes."""
+    account_rules = [r for r in state.policy.rules if r.rule.kind == "account"]
     if not account_rules or not touched:
-        return []
-    tiers_of_interest = set().union(*(r.tiers or {"*"} for r in account_rules))
-    eligible = {
-        d
-        for d in touched
-        if "*" in tiers_of_interest or (state.accounts[d].tier or "none") in tiers_of_interest
-    }
-    surge = policy.doc.routing.surge
-    cutoff = now - surge.window
+        return set()
+    tiers = set().union(*(r.tiers or {"*"} for r in account_rules))
+    return {d for d in touched if "*" in tiers or (state.accounts[d].tier or "none") in tiers}
 
-    def active(signals: Accumulators, last_event_at: float) -> bool:
-        return (
-            last_event_at >= cutoff
-            and raw_intent(signals, now, policy.signals) >= surge.active_lead_intent
-        )
 
-    # A count can only rise when some lead became active at the account in this batch
-    # (decay only lowers it), so only those accounts are recounted from the database.
+def _rising(state: BatchState, eligible: set[str]) -> set[str]:
+    """Accounts where some lead became active in this batch.
+
+    A count can only rise when some lead became active at the account in this batch
+    (decay only lowers it), so only those accounts are recounted from the database.
+    """
     rising: set[str] = set()
     for lead in state.leads.values():
         d = lead.account_domain
-        if d not in eligible or lead.merged_into or not active(lead.signals, lead.last_event_at):
+        if d not in eligible or lead.merged_into:
+            continue
+        if not _active(state, lead.signals, lead.last_event_at):
             continue
         base = state.base_signals.get(lead.lead_id)
-        if base is None or base[0] != d or not active(base[1], base[2]):
+        if base is None or base[0] != d or not _active(state, base[1], base[2]):
             rising.add(d)
-    # An account in its cooldown whose tier has not risen cannot be routed again, so its
-    # leads are not recounted (the read API counts active leads at request time anyway):
-    # at a busy account that recount read every lead's signals once per batch.
-    domains = sorted(d for d in rising if not _cooling_down(state, state.accounts[d]))
-    if not domains:
-        return []
-    before: dict[str, dict[str, tuple[Accumulators, float]]] = {d: {} for d in domains}
+    return rising
+
+
+Members = dict[str, dict[str, tuple[Accumulators, float]]]
+
+
+async def _members(
+    session: AsyncSession, state: BatchState, domains: list[str]
+) -> tuple[Members, Members]:
+    """Each account's recently active leads (signals, last event) before and after the batch."""
+    cutoff = state.now - state.policy.doc.routing.surge.window
+    before: Members = {d: {} for d in domains}
     bulk = await Bulk.of(session)
     rows = await bulk.select_in(
         leads,
@@ -97,45 +102,67 @@ async def surge_candidates(
     for lead in state.leads.values():
         if lead.account_domain in after and lead.merged_into is None:
             after[lead.account_domain][lead.lead_id] = (lead.signals, lead.last_event_at)
+    return before, after
 
+
+def _candidate(state: BatchState, domain: str, active_leads: int) -> Candidate:
+    """The account.surge candidate for an account whose active-lead count rose."""
+    policy, now = state.policy, state.now
+    acct = state.accounts[domain]
+    trigger = state.account_trigger.get(domain)
+    intent = max(0.0, raw_intent(acct.signals, now, policy.signals))
+    score = {
+        "total": None,
+        "fit": None,
+        "intent": round(intent, 4),
+        "band": None,
+        "evaluated_at": iso(now),
+        "policy_version": policy.version,
+    }
+    return Candidate(
+        kind="account",
+        lead_id=None,
+        account_domain=domain,
+        band=None,
+        previous_band=None,
+        tier=acct.tier,
+        account_owner=acct.owner,
+        active_leads=active_leads,
+        ctx={"account": acct.context(), "score": score, "lead": {}, "event": {}},
+        lead=None,
+        account=account_snapshot(acct),
+        score=score,
+        signals=top_signals(signal_scores(acct.signals, now, policy.signals)),
+        fit_breakdown=[],
+        trigger_event_id=trigger.event_id if trigger else None,
+        event_received_at=trigger.received_at if trigger else None,
+    )
+
+
+async def surge_candidates(
+    session: AsyncSession, state: BatchState, touched: set[str]
+) -> list[Candidate]:
+    """Recount active leads of touched accounts; a Candidate for each whose count rose."""
+    threshold = state.policy.doc.routing.surge.active_lead_intent
+    # An account in its cooldown whose tier has not risen cannot be routed again, so its
+    # leads are not recounted (the read API counts active leads at request time anyway):
+    # at a busy account that recount read every lead's signals once per batch.
+    domains = sorted(
+        d
+        for d in _rising(state, _eligible(state, touched))
+        if not _cooling_down(state, state.accounts[d])
+    )
+    if not domains:
+        return []
+    before, after = await _members(session, state, domains)
     out: list[Candidate] = []
     for domain in domains:
         acct = state.accounts[domain]
-        n_before = _count_active(before[domain], state, surge.active_lead_intent)
-        n_after = _count_active(after[domain], state, surge.active_lead_intent)
+        n_before = _count_active(before[domain], state, threshold)
+        n_after = _count_active(after[domain], state, threshold)
         if n_after != acct.active_leads:
             acct.active_leads = n_after
             acct.dirty = True
-        if n_after <= n_before:
-            continue
-        trigger = state.account_trigger.get(domain)
-        intent = max(0.0, raw_intent(acct.signals, now, policy.signals))
-        score = {
-            "total": None,
-            "fit": None,
-            "intent": round(intent, 4),
-            "band": None,
-            "evaluated_at": iso(now),
-            "policy_version": policy.version,
-        }
-        out.append(
-            Candidate(
-                kind="account",
-                lead_id=None,
-                account_domain=domain,
-                band=None,
-                previous_band=None,
-                tier=acct.tier,
-                account_owner=acct.owner,
-                active_leads=n_after,
-                ctx={"account": acct.context(), "score": score, "lead": {}, "event": {}},
-                lead=None,
-                account=account_snapshot(acct),
-                score=score,
-                signals=top_signals(signal_scores(acct.signals, now, policy.signals)),
-                fit_breakdown=[],
-                trigger_event_id=trigger.event_id if trigger else None,
-                event_received_at=trigger.received_at if trigger else None,
-            )
-        )
+        if n_after > n_before:
+            out.append(_candidate(state, domain, n_after))
     return out
