@@ -29,8 +29,8 @@ fit; and recent leads are re-scored now exactly as ``PUT /v1/policy?dry_run=true
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,14 +39,29 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.clock import iso
-from app.db import decisions, dumps, events, leads, loads
+from app.db import dumps, leads
 from app.policy.impact import dry_run
+from app.policy.impact.samples import Sample, decayed_counts, histories, load_samples
 from app.policy.schema import CompiledPolicy, PolicyDoc
 from app.policy.store import active_policy, save_version
-from app.scoring.decay import apply_event, clamp, decay_factor, value_at
+from app.scoring.decay import apply_event, clamp, value_at
 
-POSITIVE = frozenset({"accepted", "opportunity", "won"})
-NEGATIVE = frozenset({"rejected", "lost"})
+# Calibration's interface; the data it reads (Sample, decayed_counts, load_samples) lives
+# in samples.py.
+__all__ = [
+    "CalibrationError",
+    "Proposal",
+    "Sample",
+    "calibrate",
+    "decayed_counts",
+    "fit_logistic",
+    "fit_weights",
+    "load_samples",
+    "propose_points",
+    "render",
+    "routable",
+]
+
 METHOD = (
     "logistic regression (scikit-learn LogisticRegression, L2, C={C:g}, standardised "
     "features) of the latest disposition (positive: accepted/opportunity/won; negative: "
@@ -60,7 +75,6 @@ APPROXIMATION = (
     "the window with their current fit; band changes re-score the most recently active "
     "leads now, as PUT /v1/policy?dry_run=true does"
 )
-_CHUNK = 1000
 
 
 class CalibrationError(Exception):
@@ -68,27 +82,22 @@ class CalibrationError(Exception):
 
 
 @dataclass
-class Sample:
-    decision_id: str
-    lead_id: str
-    at: float
-    fit: float
-    disposition: str | None
-    features: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def label(self) -> bool | None:
-        if self.disposition in POSITIVE:
-            return True
-        if self.disposition in NEGATIVE:
-            return False
-        return None
-
-
-@dataclass
 class Fitted:
     intercept: float
     coefficients: dict[str, float]  # per signal fitted, and "fit"
+
+
+@dataclass
+class Weights:
+    """A fit's outcome: the current points, the fitted signals' proposed points, the
+    scale ``k`` and, per signal, how many labelled decisions it occurred before."""
+
+    fitted: Fitted
+    current: dict[str, float]
+    points: dict[str, float]
+    scale: float
+    seen: dict[str, int]
+    min_signal_decisions: int
 
 
 @dataclass
@@ -99,18 +108,6 @@ class Proposal:
 
 
 # -- pure parts -------------------------------------------------------------------------
-def decayed_counts(
-    history: Iterable[tuple[str, float]], t: float, half_lives: Mapping[str, float]
-) -> dict[str, float]:
-    """``Σ 2^(-(t - t_e)/h_s)`` per signal over the events ``(type, t_e)`` with ``t_e ≤ t``."""
-    out = dict.fromkeys(half_lives, 0.0)
-    for signal, t_e in history:
-        h = half_lives.get(signal)
-        if h is not None and t_e <= t:
-            out[signal] += decay_factor(t - t_e, h)
-    return out
-
-
 def fit_logistic(samples: Sequence[Sample], signals: Sequence[str], *, C: float = 1.0) -> Fitted:
     """Logistic regression of the samples' labels on ``signals`` + fit (raw-scale coefs)."""
     from sklearn.linear_model import LogisticRegression
@@ -155,87 +152,6 @@ def routable(policy: CompiledPolicy, fit: float, features: Mapping[str, float]) 
     return policy.band_for(total, None) in policy.routable_bands
 
 
-# -- reading the data -------------------------------------------------------------------
-def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
-    for i in range(0, len(items), _CHUNK):
-        yield items[i : i + _CHUNK]
-
-
-async def _identities(session: AsyncSession, lead_ids: Iterable[str]) -> dict[str, str]:
-    """Every lead id whose events count for ``lead_ids``: itself and what merged into it."""
-    owner = {lid: lid for lid in lead_ids}
-    frontier = list(owner)
-    while frontier:
-        found: list[str] = []
-        for chunk in _chunks(frontier):
-            rows = await session.execute(
-                select(leads.c.lead_id, leads.c.merged_into).where(leads.c.merged_into.in_(chunk))
-            )
-            for lid, into in rows:
-                if lid not in owner:
-                    owner[lid] = owner[into]
-                    found.append(lid)
-        frontier = found
-    return owner
-
-
-async def _histories(
-    session: AsyncSession, lead_ids: Iterable[str], signals: Iterable[str], until: float
-) -> dict[str, list[tuple[str, float]]]:
-    """``lead_id -> [(type, occurred_at)]`` sorted by time, merged identities included."""
-    owner = await _identities(session, lead_ids)
-    out: dict[str, list[tuple[str, float]]] = {}
-    for chunk in _chunks(list(owner)):
-        rows = await session.execute(
-            select(events.c.lead_id, events.c.type, events.c.occurred_at).where(
-                events.c.lead_id.in_(chunk),
-                events.c.type.in_(list(signals)),
-                events.c.occurred_at <= until,
-            )
-        )
-        for lid, type_, at in rows:
-            out.setdefault(owner[lid], []).append((type_, at))
-    for history in out.values():
-        history.sort(key=lambda e: e[1])
-    return out
-
-
-async def load_samples(
-    session: AsyncSession, policy: CompiledPolicy, *, since: float, until: float
-) -> list[Sample]:
-    """Every lead routing in ``[since, until)`` with its features at the decision time
-    (with or without an outcome: the dry run needs them all)."""
-    rows = (
-        await session.execute(
-            select(
-                decisions.c.id,
-                decisions.c.lead_id,
-                decisions.c.created_at,
-                decisions.c.disposition,
-                decisions.c.payload,
-                leads.c.fit,
-            )
-            .select_from(decisions.outerjoin(leads, leads.c.lead_id == decisions.c.lead_id))
-            .where(
-                decisions.c.type == "lead.routed",
-                decisions.c.lead_id.is_not(None),
-                decisions.c.created_at >= since,
-                decisions.c.created_at < until,
-            )
-            .order_by(decisions.c.created_at)
-        )
-    ).all()
-    samples = []
-    for r in rows:
-        score = loads(r.payload).get("data", {}).get("score") or {}
-        fit = score.get("fit", r.fit if r.fit is not None else 0.0)
-        samples.append(Sample(r.id, r.lead_id, r.created_at, float(fit), r.disposition))
-    histories = await _histories(session, {s.lead_id for s in samples}, policy.half_lives, until)
-    for s in samples:
-        s.features = decayed_counts(histories.get(s.lead_id, []), s.at, policy.half_lives)
-    return samples
-
-
 # -- the dry run ------------------------------------------------------------------------
 def _routing_changes(
     old: CompiledPolicy, new: CompiledPolicy, samples: Sequence[Sample]
@@ -278,12 +194,12 @@ async def _new_routings(
         )
     ).all()
     candidates = {r.lead_id: float(r.fit) for r in rows if r.lead_id not in routed}
-    histories = await _histories(session, candidates, old.half_lives, until)
+    by_lead = await histories(session, candidates, old.half_lives, until)
     would = 0
     for lead_id, fit in candidates.items():
         accs: dict[str, tuple[float, float]] = {}
         before = after = False
-        for signal, t_e in histories.get(lead_id, []):
+        for signal, t_e in by_lead.get(lead_id, []):
             h = old.half_lives[signal]
             accs[signal] = apply_event(accs.get(signal), t_e, h)
             if t_e < since:
@@ -296,6 +212,10 @@ async def _new_routings(
 
 
 # -- the whole run ----------------------------------------------------------------------
+# What ``calibrate`` reports to its ``progress`` callback, in order (the CLI's progress bar).
+STEPS = ("reading routed leads", "fitting", "dry run", "saving the proposal")
+
+
 async def calibrate(
     session: AsyncSession,
     *,
@@ -306,20 +226,45 @@ async def calibrate(
     min_signal_decisions: int = 10,
     C: float = 1.0,
     created_by: str = "calibrate",
+    progress: Callable[[str], None] | None = None,
 ) -> Proposal:
     """Fit signal weights to the window's dispositions and store them as a proposed
     version (the caller commits). Raises ``CalibrationError`` and writes nothing when
-    the data cannot support a fit."""
-
+    the data cannot support a fit. ``progress`` is called as each of ``STEPS`` starts."""
+    step = progress or (lambda _: None)
     if until <= since:
         raise CalibrationError("--until must be after --since")
     policy = await active_policy(session)
     if policy is None:
         raise CalibrationError("there is no active policy yet: start the service once")
+    window = f"between {iso(since)} and {iso(until)}"
+    step(STEPS[0])
     samples = await load_samples(session, policy, since=since, until=until)
+    labelled = _labelled(samples, min_decisions, window)
+    step(STEPS[1])
+    weights = fit_weights(policy, labelled, min_signal_decisions=min_signal_decisions, C=C)
+    proposed = _proposed(policy, weights.points)
+    step(STEPS[2])
+    dry = await _dry_run(session, policy, proposed, samples, since=since, until=until, now=now)
+    report = _report(policy, weights, samples, labelled, dry, since=since, until=until, C=C)
+    step(STEPS[3])
+    saved = await save_version(
+        session,
+        proposed.doc,
+        source_text=None,
+        created_by=created_by,
+        now=now,
+        comment=_comment(weights, len(labelled), window),
+        status="proposed",
+        report=dumps(report),
+    )
+    return Proposal(saved.version, proposed.doc, report)
+
+
+def _labelled(samples: Sequence[Sample], min_decisions: int, window: str) -> list[Sample]:
+    """The samples with a known outcome, when there are enough, and of both kinds, to fit."""
     labelled = [s for s in samples if s.label is not None]
     positive = sum(1 for s in labelled if s.label)
-    window = f"between {iso(since)} and {iso(until)}"
     if len(labelled) < min_decisions:
         raise CalibrationError(
             f"calibration needs at least {min_decisions} routed leads with an outcome "
@@ -330,7 +275,13 @@ async def calibrate(
             f"all {len(labelled)} routed leads with an outcome {window} have the same "
             "outcome: there is nothing to tell the signals apart by"
         )
+    return labelled
 
+
+def fit_weights(
+    policy: CompiledPolicy, labelled: Sequence[Sample], *, min_signal_decisions: int, C: float
+) -> Weights:
+    """Fit the signals seen before enough labelled decisions; the others keep their points."""
     seen = {
         name: sum(1 for s in labelled if s.features.get(name, 0.0) > 0) for name in policy.signals
     }
@@ -342,37 +293,64 @@ async def calibrate(
     fitted = fit_logistic(labelled, fitted_signals, C=C)
     current = {n: spec.points for n, spec in policy.signals.items()}
     points, k = propose_points(current, {n: fitted.coefficients[n] for n in fitted_signals})
+    return Weights(fitted, current, points, k, seen, min_signal_decisions)
 
+
+def _proposed(policy: CompiledPolicy, points: Mapping[str, float]) -> CompiledPolicy:
     doc = policy.doc.model_copy(deep=True)
     for name, p in points.items():
         doc.signals[name] = doc.signals[name].model_copy(update={"points": p})
-    proposed = CompiledPolicy(policy.version + 1, doc)
+    return CompiledPolicy(policy.version + 1, doc)
 
-    routings = _routing_changes(policy, proposed, samples)
-    new_routes = await _new_routings(
-        session,
-        policy,
-        proposed,
-        since=since,
-        until=until,
-        routed={s.lead_id for s in samples},
-    )
-    evaluated, band_changes, _ = await dry_run.band_changes(session, policy, proposed, now)
 
+async def _dry_run(
+    session: AsyncSession,
+    old: CompiledPolicy,
+    new: CompiledPolicy,
+    samples: Sequence[Sample],
+    *,
+    since: float,
+    until: float,
+    now: float,
+) -> dict[str, Any]:
+    """What the proposal would change: the window's routings, its unrouted leads, and
+    the bands of recent leads now."""
+    routed = {s.lead_id for s in samples}
+    new_routes = await _new_routings(session, old, new, since=since, until=until, routed=routed)
+    evaluated, band_changes, _ = await dry_run.band_changes(session, old, new, now)
+    return {
+        "approximation": APPROXIMATION,
+        **_routing_changes(old, new, samples),
+        **new_routes,
+        "leads_evaluated": evaluated,
+        "band_changes": band_changes,
+    }
+
+
+def _report(
+    policy: CompiledPolicy,
+    w: Weights,
+    samples: Sequence[Sample],
+    labelled: Sequence[Sample],
+    dry: dict[str, Any],
+    *,
+    since: float,
+    until: float,
+    C: float,
+) -> dict[str, Any]:
+    positive = sum(1 for s in labelled if s.label)
+    coefs = w.fitted.coefficients
     weights = {
         name: {
-            "before": current[name],
-            "after": points.get(name, current[name]),
-            "coefficient": (
-                round(fitted.coefficients[name], 6) if name in fitted.coefficients else None
-            ),
-            "decisions_with_signal": seen[name],
-            "kept": name not in points,
+            "before": w.current[name],
+            "after": w.points.get(name, w.current[name]),
+            "coefficient": round(coefs[name], 6) if name in coefs else None,
+            "decisions_with_signal": w.seen[name],
+            "kept": name not in w.points,
         }
         for name in policy.signals
     }
-    kept = [n for n in policy.signals if n not in points]
-    report: dict[str, Any] = {
+    return {
         "method": METHOD.format(C=C),
         "based_on_version": policy.version,
         "window": {"since": iso(since), "until": iso(until)},
@@ -382,38 +360,23 @@ async def calibrate(
             "positive": positive,
             "negative": len(labelled) - positive,
         },
-        "intercept": round(fitted.intercept, 6),
-        "coefficients": {n: round(c, 6) for n, c in fitted.coefficients.items()},
-        "scale": round(k, 6),
+        "intercept": round(w.fitted.intercept, 6),
+        "coefficients": {n: round(c, 6) for n, c in coefs.items()},
+        "scale": round(w.scale, 6),
         "weights": weights,
         "kept_current": {
-            "signals": kept,
-            "reason": f"seen before fewer than {min_signal_decisions} labelled decisions",
+            "signals": [n for n in policy.signals if n not in w.points],
+            "reason": f"seen before fewer than {w.min_signal_decisions} labelled decisions",
         },
-        "dry_run": {
-            "approximation": APPROXIMATION,
-            **routings,
-            **new_routes,
-            "leads_evaluated": evaluated,
-            "band_changes": band_changes,
-        },
+        "dry_run": dry,
     }
-    changed = [n for n in points if points[n] != current[n]]
-    comment = (
-        f"calibration proposal from {len(labelled)} dispositions {window}: "
-        + (", ".join(f"{n} {current[n]:+g}→{points[n]:+g}" for n in changed) or "no change")
-    )[:500]
-    saved = await save_version(
-        session,
-        doc,
-        source_text=None,
-        created_by=created_by,
-        now=now,
-        comment=comment,
-        status="proposed",
-        report=dumps(report),
-    )
-    return Proposal(saved.version, doc, report)
+
+
+def _comment(w: Weights, labelled: int, window: str) -> str:
+    changed = [n for n in w.points if w.points[n] != w.current[n]]
+    moves = ", ".join(f"{n} {w.current[n]:+g}→{w.points[n]:+g}" for n in changed)
+    comment = f"calibration proposal from {labelled} dispositions {window}: "
+    return (comment + (moves or "no change"))[:500]
 
 
 def render(proposal: Proposal) -> str:
