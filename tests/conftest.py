@@ -7,9 +7,12 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.clock import FakeClock
 from app.config import Settings
+from app.db import make_engine, make_sessionmaker
+from app.db.migrate import upgrade
 from tests.support.harness import Receiver, Service, receiver, require_service, service
 
 
@@ -42,6 +45,16 @@ def settings(database_url: str) -> Settings:
         delivery_allowed_hosts=["127.0.0.1"],
         sqlite_synchronous="NORMAL",
     )
+
+
+@pytest.fixture
+async def sessions(settings: Settings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """Sessions on the fresh database of ``database_url``, migrated to the newest schema
+    (for unit tests of the stages; no service runs)."""
+    engine = make_engine(settings)
+    await upgrade(engine)
+    yield make_sessionmaker(engine)
+    await engine.dispose()
 
 
 @pytest.fixture
