@@ -1,0 +1,165 @@
+"""CPU per webhook of the dispatcher's HTTP transport: ``python -m bench.transport_cpu``.
+
+Sends ``--webhooks`` signed-sized POSTs through ``httpx.AsyncClient`` on the dispatcher's
+``LeanTransport`` (as the dispatcher builds it: timeout, no redirects, one pool for the
+destination) to the bench's receiver, a separate process on loopback, ``--in-flight`` at
+a time on keep-alive connections. Only this process's CPU (user + system) is counted, so
+the receiver's work is left out; each round is timed on its own and the figures repeat
+``--rounds`` times because the machine is shared and noisy. The median is compared with
+``CEILING_US``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+TRANSPORT = "app.delivery.transport:LeanTransport"
+
+# The hand-written HTTP/1.1 parser this transport had before h11, measured with this
+# module (uvloop, 2,000 webhooks x 7 rounds, 16 in flight) on the 2-core development
+# machine: median of the rounds' medians over three runs, times 1.10 (issue 11: h11 may
+# cost at most 10 % more CPU per webhook than the hand-written parser).
+BEFORE_US = 0.0
+CEILING_US = BEFORE_US * 1.10
+
+# A lead.routed body of the usual size, and the headers the dispatcher sends with it.
+BODY = orjson.dumps(
+    {
+        "type": "lead.routed",
+        "timestamp": "2026-01-01T00:00:00.000Z",
+        "data": {
+            "decision_id": "dec_0000000000000000000000",
+            "lead": {"lead_id": "dana@acme.com", "email": "dana@acme.com", "title": "VP Sales"},
+            "account": {"domain": "acme.com", "name": "Acme", "tier": "tier_1"},
+            "score": {"total": 87.5, "band": "hot", "fit": 1.0},
+            "signals": [{"signal": f"signal_{i}", "score": 10.0 + i} for i in range(8)],
+            "rule": "hot_tier_1",
+            "team": "strategic",
+            "assignee": "jo@ours.example",
+            "reason": "x" * 400,
+            "policy_version": 1,
+        },
+    }
+)
+HEADERS = {
+    "webhook-id": "dec_0000000000000000000000",
+    "webhook-timestamp": "1767225600",
+    "webhook-signature": "v1," + "A" * 44,
+    "content-type": "application/json",
+    "user-agent": "intent-router/0.1",
+    "host": "hooks.example:443",
+}
+
+
+def _cpu() -> float:
+    return time.process_time()  # this process's user + system CPU, finer than os.times()
+
+
+async def _round(client: httpx.AsyncClient, url: str, n: int, in_flight: int) -> float:
+    """CPU µs per webhook over ``n`` webhooks, ``in_flight`` at a time."""
+    left = n
+
+    async def worker() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            r = await client.post(url, content=BODY, headers=HEADERS)
+            if r.status_code != 204:
+                raise RuntimeError(f"the receiver answered {r.status_code}")
+
+    start = _cpu()
+    await asyncio.gather(*(worker() for _ in range(in_flight)))
+    return (_cpu() - start) / n * 1e6
+
+
+def _transport(spec: str) -> httpx.AsyncBaseTransport:
+    """``module:Class``, for comparing another transport on the same footing."""
+    module, _, name = spec.partition(":")
+    made: httpx.AsyncBaseTransport = getattr(importlib.import_module(module), name)()
+    return made
+
+
+async def measure(
+    url: str, *, webhooks: int, rounds: int, in_flight: int, transport: str = TRANSPORT
+) -> list[float]:
+    async with httpx.AsyncClient(
+        timeout=10.0, follow_redirects=False, transport=_transport(transport)
+    ) as client:
+        await _round(client, url, 200, in_flight)  # warm: connections open, code paths hot
+        return [await _round(client, url, webhooks, in_flight) for _ in range(rounds)]
+
+
+def _start_receiver() -> tuple[subprocess.Popen[bytes], int]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.receiver"],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode()
+    if not line.startswith("PORT "):
+        proc.kill()
+        raise SystemExit(f"the receiver did not start: {line!r}")
+    return proc, int(line.split()[1])
+
+
+def _run(coro: Coroutine[Any, Any, T], loop: str) -> T:
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(coro)
+    return asyncio.run(coro)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.transport_cpu", description=__doc__)
+    parser.add_argument("--webhooks", type=int, default=2000, help="per round")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--in-flight", type=int, default=16)
+    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    parser.add_argument("--transport", default=TRANSPORT, help="module:Class to measure")
+    args = parser.parse_args(argv)
+    receiver, port = _start_receiver()
+    try:
+        figures = _run(
+            measure(
+                f"http://127.0.0.1:{port}/hook",
+                webhooks=args.webhooks,
+                rounds=args.rounds,
+                in_flight=args.in_flight,
+                transport=args.transport,
+            ),
+            args.loop,
+        )
+    finally:
+        receiver.terminate()
+        receiver.wait(10)
+    median = statistics.median(figures)
+    rounds = " ".join(f"{f:.1f}" for f in figures)
+    print(f"transport CPU per webhook: rounds {rounds} µs")
+    if not CEILING_US:
+        print(f"median {median:.1f} µs (no ceiling set)")
+        return 0
+    verdict = "PASS" if median <= CEILING_US else "FAIL"
+    print(f"median {median:.1f} µs, ceiling {CEILING_US:.1f} µs: {verdict}")
+    return 0 if verdict == "PASS" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
