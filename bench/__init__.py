@@ -9,6 +9,9 @@ SQLite database and a real webhook receiver in a separate process:
    a short 50 events/s baseline that shows the latency floor);
 4. event → webhook latency in a realistic mix: 1 in 20 events makes a new lead hot.
 
+Then, with no service running, the CPU µs per webhook of the dispatcher's HTTP transport
+(T), and delivery throughput with a dead endpoint on fresh services (D).
+
 Kafka mode, when a broker is available (``.services`` reused, else ``deploy/services.sh
 up`` in the temporary directory; otherwise skipped with the reason), the service still on
 an embedded SQLite database:
@@ -18,5 +21,5 @@ an embedded SQLite database:
 7. event → webhook latency through Kafka (HTTP ingest produces, the consumer applies).
 
 ``--quick`` is a ~1 min smoke run; ``--profile`` samples the service with py-spy per phase;
-``--no-kafka`` skips 5-7.
+``--no-kafka`` skips 5-7b; ``--only`` runs one group of phases.
 """

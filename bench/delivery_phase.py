@@ -29,21 +29,18 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 import orjson
 
-from bench import phases
+from bench import traffic
 from bench.http1 import Http1Pool, HttpError
+from bench.session import HOT_DEMO_POINTS, Bench, service_env
 from bench.stats import header, line, ms, pct
-
-if TYPE_CHECKING:
-    from bench.__main__ import Bench
 
 HEALTHY = 9
 TARGET_CHANGE = 0.10  # the dead endpoint may move healthy deliveries/s and p99 by ≤ 10%
-HOT_DEMO_POINTS = 31  # as in bench.__main__: fit 50 + 31 clears the hot threshold of 80
 WARMUP_SECONDS = 2.0
 DRAIN_SECONDS = 60.0
 WINDOW_SECONDS = 5.0
@@ -187,10 +184,10 @@ async def collect(rec: httpx.AsyncClient, run: Run, sent_at: dict[str, float]) -
     run.expected = len(sent_at) * HEALTHY
     deadline = time.monotonic() + DRAIN_SECONDS
     while time.monotonic() < deadline:
-        if await phases.receiver_count(rec) >= run.expected:
+        if await traffic.receiver_count(rec) >= run.expected:
             break
         await asyncio.sleep(0.2)
-    await phases.wait_quiet(rec, quiet=0.5, within=max(1.0, deadline - time.monotonic()))
+    await traffic.wait_quiet(rec, quiet=0.5, within=max(1.0, deadline - time.monotonic()))
     records = (await rec.get("/stats", timeout=60)).json()
     arrivals: Counter[str] = Counter()
     first_sent, last_sent = min(sent_at.values(), default=0.0), max(sent_at.values(), default=0.0)
@@ -256,17 +253,17 @@ async def one_decision_policy(client: httpx.AsyncClient) -> int:
         "/v1/policy",
         params={"comment": f"bench: demo_request = {HOT_DEMO_POINTS} points, no surges"},
         content=orjson.dumps(doc),
-        headers=phases.JSON,
+        headers=traffic.JSON,
     )
     if r.status_code != 200:
-        raise phases.BenchError(f"PUT /v1/policy: HTTP {r.status_code}: {r.text[:300]}")
+        raise traffic.BenchError(f"PUT /v1/policy: HTTP {r.status_code}: {r.text[:300]}")
     return int(r.json()["version"])
 
 
 async def add_destination(client: httpx.AsyncClient, name: str, url: str) -> str:
     r = await client.post("/v1/destinations", json={"name": name, "url": url})
     if r.status_code != 201:
-        raise phases.BenchError(f"POST /v1/destinations: HTTP {r.status_code}: {r.text[:300]}")
+        raise traffic.BenchError(f"POST /v1/destinations: HTTP {r.status_code}: {r.text[:300]}")
     return str(r.json()["id"])
 
 
@@ -301,7 +298,7 @@ class DeliveryPhase:
         await b.start_service(f"service-delivery-{tag}", self.env(f"delivery-{tag}.db"), fresh=True)
         endpoint: DeadEndpoint | None = None
         try:
-            await phases.import_accounts(b.http, b.accounts)
+            await traffic.import_accounts(b.http, b.accounts)
             await one_decision_policy(b.http)
             healthy = [
                 await add_destination(
@@ -323,7 +320,7 @@ class DeliveryPhase:
             pool = Http1Pool("127.0.0.1", b.port, b.auth)
             try:
                 warm, _ = await offer(pool, self.make, rate=self.rate, seconds=WARMUP_SECONDS)
-                await phases.wait_quiet(b.hooks, quiet=0.5, within=30)
+                await traffic.wait_quiet(b.hooks, quiet=0.5, within=30)
                 (await b.hooks.post("/reset")).raise_for_status()
                 before = await delivery_counts(b.http)
                 await b.measure_start(f"delivery-{tag}")
@@ -487,6 +484,6 @@ class DeliveryPhase:
         )
 
 
-async def run(bench: Bench, env: Callable[[str], dict[str, str]]) -> None:
-    """The phase; ``env(db)``: the service's environment with its own database file."""
-    await DeliveryPhase(bench, env).run()
+async def run(bench: Bench) -> None:
+    """The phase: three runs, each on a fresh service with a database file of its own."""
+    await DeliveryPhase(bench, lambda db: service_env(bench.workdir, db)).run()

@@ -89,8 +89,10 @@ async def run(args: argparse.Namespace, workdir: str) -> None:
         gc.collect()
         gc.freeze()  # as the service does at start
         per_batch: list[dict[str, float]] = []
+        policy = rt.policy
+        assert policy is not None, "the runtime loads the active policy when it opens"
         for i, body in enumerate(bodies):
-            events, _ = validate_batch(orjson.loads(body)["events"], rt.policy, rt.clock.now())
+            events, _ = validate_batch(orjson.loads(body)["events"], policy, rt.clock.now())
             meter.spent.clear()
             t0 = time.perf_counter()
             await rt.process(events)

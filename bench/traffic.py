@@ -1,4 +1,5 @@
-"""The measured HTTP phases and the set-up they need, each against the running service."""
+"""The HTTP traffic the phases offer (batches, single events, open-loop events matched
+to their webhooks) and the set-up calls they need, each against the running service."""
 
 from __future__ import annotations
 
