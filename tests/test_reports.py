@@ -543,7 +543,7 @@ async def test_bad_report_requests_are_a_clear_422_and_need_the_read_scope(
 
 def test_summarise_medians_sla_and_history_semantics() -> None:
     """The pure aggregation, on hand-made decisions (times the API test cannot vary)."""
-    from app.api.reports import DecisionFact, LeadFact, summarise
+    from app.reports import DecisionFact, LeadFact, summarise
 
     def decision(lead: str, received: float, created: float, **kw: Any) -> DecisionFact:
         base: dict[str, Any] = {

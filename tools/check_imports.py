@@ -31,6 +31,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("entry points", ("app.main", "app.cli")),
     ("HTTP adapters", ("app.api", "app.console")),
     ("what-if", ("app.policy.impact",)),
+    ("read models", ("app.reports",)),
     ("runtime", ("app.runtime",)),
     ("ingest", ("app.ingest",)),
     ("pipeline", ("app.pipeline",)),

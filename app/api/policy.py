@@ -2,29 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import orjson
-import yaml
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from app.api.body import parse_json, read_body
+from app.api.body import BODY_ERRORS, JSON, MAX_ADMIN_BODY, YAML, RequestBody
 from app.api.deps import PolicyDep, RuntimeDep, SessionDep, after_commit
 from app.api.read import ERRORS
 from app.auth import AdminKey, ReadKey
 from app.clock import iso
 from app.db import policies
-from app.errors import MalformedBody, NotFound, error_responses
+from app.errors import NotFound
 from app.policy.impact.dry_run import band_changes
 from app.policy.schema import CompiledPolicy, PolicyDoc
 from app.policy.store import save_version, validate_or_raise
 
 router = APIRouter()
-MAX_ADMIN_BODY = 32 * 1024 * 1024
-# Routes that read a body also answer 400 (not JSON/YAML) and 413 (too large).
-BODY_ERRORS = {**ERRORS, **error_responses(400, 413)}
 
 
 class PolicyVersionView(BaseModel):
@@ -126,17 +123,6 @@ async def list_policy_versions(key: ReadKey, session: SessionDep) -> PolicyVersi
     )
 
 
-def parse_policy_body(body: bytes, content_type: str) -> Any:
-    if "yaml" in content_type:
-        try:
-            return yaml.safe_load(body)
-        except yaml.YAMLError as exc:
-            raise MalformedBody(
-                f"the body is not valid YAML: {exc}", code="malformed_yaml", field="body"
-            ) from None
-    return parse_json(body)
-
-
 def describe_changes(old: PolicyDoc, new: PolicyDoc) -> list[str]:
     out = []
     for name in sorted(set(old.signals) | set(new.signals)):
@@ -176,34 +162,36 @@ def describe_changes(old: PolicyDoc, new: PolicyDoc) -> list[str]:
     return out
 
 
+@dataclass(frozen=True)
+class PolicyUpload:
+    doc: PolicyDoc
+    text: str  # as sent (YAML keeps its comments), stored beside the document
+
+
+def _upload(data: Any, raw: bytes) -> PolicyUpload:
+    return PolicyUpload(validate_or_raise(data), raw.decode("utf-8", "replace"))
+
+
+POLICY_BODY = RequestBody(PolicyDoc, JSON, YAML, validate=_upload, limit=MAX_ADMIN_BODY)
+
+
 @router.put(
     "/v1/policy",
     operation_id="putPolicy",
     summary="Validate and apply a new policy version (or preview it with dry_run=true)",
     response_model=PolicyView | DryRun,
     responses=BODY_ERRORS,
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": {"type": "object"}},
-                "application/yaml": {"schema": {"type": "string"}},
-            },
-        }
-    },
 )
 async def put_policy(
-    request: Request,
     key: AdminKey,
+    upload: Annotated[PolicyUpload, POLICY_BODY],
     session: SessionDep,
     runtime: RuntimeDep,
     policy: PolicyDep,
     dry_run: bool = False,
     comment: Annotated[str | None, Query(max_length=500)] = None,
 ) -> PolicyView | DryRun:
-    body = await read_body(request, MAX_ADMIN_BODY)
-    raw = parse_policy_body(body, request.headers.get("content-type", ""))
-    doc = validate_or_raise(raw)
+    doc = upload.doc
     now = runtime.clock.now()
     if dry_run:
         candidate = CompiledPolicy(policy.version + 1, doc)
@@ -217,12 +205,7 @@ async def put_policy(
             examples=examples,
         )
     compiled = await save_version(
-        session,
-        doc,
-        source_text=body.decode("utf-8", "replace"),
-        created_by=key.name,
-        now=now,
-        comment=comment,
+        session, doc, source_text=upload.text, created_by=key.name, now=now, comment=comment
     )
     after_commit(session, lambda: runtime.set_policy(compiled))
     row = (

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
-from pydantic import BaseModel
+from fastapi import APIRouter
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 
-from app.api.body import parse_json, read_body
+from app.api.body import RequestBody
+from app.api.deps import RuntimeDep
 from app.api.events import INGEST_ERRORS
 from app.auth import SegmentKey
 from app.errors import InvalidInput
@@ -20,15 +22,19 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 
+# Documented without null: Segment's SDKs leave a field out rather than send null.
+Text = str | SkipJsonSchema[None]
+Object = dict[str, Any] | SkipJsonSchema[None]
+Timestamp = AwareDatetime | SkipJsonSchema[None]
+
+
 class SegmentResponse(BaseModel):
     success: bool
 
 
-async def _segment(request: Request, kind: str | None, key_name: str) -> SegmentResponse:
-    runtime: Runtime = request.app.state.runtime
+async def _segment(runtime: Runtime, data: Any, kind: str | None, key_name: str) -> SegmentResponse:
     assert runtime.policy is not None
     received_at = runtime.clock.now()
-    data = parse_json(await read_body(request))
     if not isinstance(data, dict):
         raise InvalidInput("the body must be a JSON object", code="invalid_body", field="body")
     if kind is None:
@@ -64,52 +70,61 @@ async def _segment(request: Request, kind: str | None, key_name: str) -> Segment
     return SegmentResponse(success=True)
 
 
-SEGMENT_DOC = {
+class SegmentMessage(BaseModel):
+    """The fields of a Segment message the mapping reads (app/ingest/segment.py); Segment
+    sends more, which are ignored. Documentation only: a message that does not fit is
+    dropped (and counted), not refused, as Segment's SDKs expect."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Text = Field(default=None, description="track, identify, page, screen, group, alias")
+    messageId: Text = None
+    userId: Text = None
+    anonymousId: Text = None
+    groupId: Text = None
+    previousId: Text = None
+    event: Text = None
+    name: Text = None
+    properties: Object = None
+    traits: Object = None
+    context: Object = None
+    timestamp: Timestamp = None
+    originalTimestamp: Timestamp = None
+    sentAt: Timestamp = None
+
+
+class SegmentBatch(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    batch: list[SegmentMessage]
+
+
+def _as_sent(data: Any, _raw: bytes) -> Any:
+    return data  # checked message by message in _segment
+
+
+BATCH_BODY = RequestBody(SegmentBatch, validate=_as_sent)
+MESSAGE_BODY = RequestBody(SegmentMessage, validate=_as_sent)
+SEGMENT_DOC: dict[str, Any] = {
     "summary": "Segment-compatible",
     "response_model": SegmentResponse,
     "responses": INGEST_ERRORS,
 }
-# The fields the mapping reads (segment.py); Segment sends more, which are ignored.
-SEGMENT_MESSAGE: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "type": {"type": "string", "description": "track, identify, page, screen, group, alias"},
-        **{k: {"type": "string"} for k in ("messageId", "userId", "anonymousId", "groupId")},
-        **{k: {"type": "string"} for k in ("previousId", "event", "name")},
-        **{k: {"type": "object"} for k in ("properties", "traits", "context")},
-        **{
-            k: {"type": "string", "format": "date-time"}
-            for k in ("timestamp", "originalTimestamp", "sentAt")
-        },
-    },
-}
 
 
-def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
-    content = {"application/json": {"schema": schema}}
-    return {"requestBody": {"required": True, "content": content}}
-
-
-@router.post(
-    "/segment/v1/batch",
-    operation_id="segmentBatch",
-    openapi_extra=_json_body(
-        {
-            "type": "object",
-            "properties": {"batch": {"type": "array", "items": SEGMENT_MESSAGE}},
-            "required": ["batch"],
-        }
-    ),
-    **SEGMENT_DOC,  # type: ignore[arg-type]
-)
-async def segment_batch(request: Request, key: SegmentKey) -> SegmentResponse:
+@router.post("/segment/v1/batch", operation_id="segmentBatch", **SEGMENT_DOC)
+async def segment_batch(
+    key: SegmentKey, data: Annotated[Any, BATCH_BODY], runtime: RuntimeDep
+) -> SegmentResponse:
     """Segment HTTP Tracking API batch (what the SDKs send)."""
-    return await _segment(request, None, key.name)
+    return await _segment(runtime, data, None, key.name)
 
 
 def _single(kind: str) -> None:
-    async def handler(request: Request, key: SegmentKey) -> SegmentResponse:
-        return await _segment(request, kind, key.name)
+    async def handler(
+        key: SegmentKey, data: Annotated[Any, MESSAGE_BODY], runtime: RuntimeDep
+    ) -> SegmentResponse:
+        return await _segment(runtime, data, kind, key.name)
 
     handler.__doc__ = f"Segment HTTP Tracking API `{kind}` call."
     router.add_api_route(
@@ -117,8 +132,7 @@ def _single(kind: str) -> None:
         handler,
         methods=["POST"],
         operation_id=f"segment_{kind}",
-        openapi_extra=_json_body(SEGMENT_MESSAGE),
-        **SEGMENT_DOC,  # type: ignore[arg-type]
+        **SEGMENT_DOC,
     )
 
 
