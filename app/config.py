@@ -1,4 +1,4 @@
-"""Settings from ``INTENT_*`` environment variables; bad values stop start-up with a reason."""
+"""Settings from ``INTENT_*`` environment variables (and ``./.env``); bad values stop start-up."""
 
 from __future__ import annotations
 
@@ -17,7 +17,16 @@ RETRY_JITTER = 0.2
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="INTENT_", env_nested_delimiter="__")
+    # A .env file in the working directory is read too; real environment variables win.
+    # Only its INTENT_ lines are ours (it may hold other tools' settings), and an INTENT_
+    # name there that is no setting stops start-up: a typo in a file would go unnoticed.
+    model_config = SettingsConfigDict(
+        env_prefix="INTENT_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        dotenv_filtering="match_prefix",
+    )
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
