@@ -30,9 +30,12 @@ test: $(STAMP)
 	  INTENT_TEST_DATABASE_URL="$$INTENT_DATABASE_URL" \
 	  INTENT_TEST_KAFKA_BOOTSTRAP="$$INTENT_KAFKA_BOOTSTRAP" $(BIN)/python -m pytest -q
 
-# Start a private PostgreSQL and Kafka broker; prints the INTENT_* settings that use them.
-services: $(STAMP)
-	deploy/services.sh up
+# Start a private PostgreSQL and Kafka broker. Its stdout is only the `export INTENT_...`
+# lines that use them (also in .services/env), so `eval "$$(make services)"` works: the
+# install's output and the recipe lines go to stderr or are not echoed.
+services:
+	@$(MAKE) --no-print-directory install >&2
+	@deploy/services.sh up
 
 services-down:
 	deploy/services.sh down

@@ -48,7 +48,7 @@ _started: list[Services] = []
 def _read_env(path: Path) -> dict[str, str]:
     out = {}
     for raw in path.read_text().splitlines():
-        key, sep, value = raw.strip().partition("=")
+        key, sep, value = raw.strip().removeprefix("export ").partition("=")
         if sep:
             out[key] = value
     return out
@@ -124,7 +124,8 @@ async def services_up(workdir: Path) -> Services | str:
         errors = [ln for ln in proc.stderr.splitlines() if "ERROR" in ln]
         tail = errors[-1] if errors else " | ".join(proc.stderr.splitlines()[-3:])
         return f"deploy/services.sh up failed (exit {proc.returncode}): {tail.strip()}"
-    env = dict(ln.split("=", 1) for ln in proc.stdout.splitlines() if "=" in ln)
+    lines = (ln.removeprefix("export ") for ln in proc.stdout.splitlines())
+    env = dict(ln.split("=", 1) for ln in lines if "=" in ln)
     svc.bootstrap = env.get("INTENT_KAFKA_BOOTSTRAP", "")
     if not svc.bootstrap:
         return f"deploy/services.sh up printed no INTENT_KAFKA_BOOTSTRAP: {proc.stdout[-300:]!r}"

@@ -9,9 +9,10 @@
 # storage and starts a single-node combined broker+controller (-Xmx512m) — both on free
 # 127.0.0.1 ports — then waits until PostgreSQL answers `select 1` and Kafka answers real
 # requests (metadata, a produce with topic auto-creation, a consumer-group commit), and prints
-# the two lines of STATE_DIR/env (INTENT_DATABASE_URL=..., INTENT_KAFKA_BOOTSTRAP=...) on
-# stdout; all else goes to stderr. Running `up` again while both are healthy only reprints
-# them; a failed `up` prints the tail of the relevant log and stops what it started. `up`
+# the two lines of STATE_DIR/env (export INTENT_DATABASE_URL=..., export
+# INTENT_KAFKA_BOOTSTRAP=...) on stdout, so that `eval "$(deploy/services.sh up)"` or
+# `. STATE_DIR/env` sets them in a shell; all else goes to stderr. Running `up` again while
+# both are healthy only reprints them; a failed `up` prints the tail of the relevant log and stops what it started. `up`
 # also installs promtool when it is missing (Debian package `prometheus`, as root, without
 # starting or enabling its server daemon) for the tests of deploy/prometheus and /metrics.
 # `down [STATE_DIR]` stops both and leaves no process behind (safe when nothing runs);
@@ -554,12 +555,14 @@ install_promtool() {
 # ---------------------------------------------------------------------------------------------
 # commands
 
+# Shell lines (`. STATE_DIR/env` exports them; the values need no quoting); readers that
+# parse it (Makefile, bench) take KEY=VALUE after an optional "export ".
 write_env() {
     local tmp="$ENV_FILE.tmp"
     {
-        printf 'INTENT_DATABASE_URL=postgresql+asyncpg://%s:%s@127.0.0.1:%s/%s\n' \
+        printf 'export INTENT_DATABASE_URL=postgresql+asyncpg://%s:%s@127.0.0.1:%s/%s\n' \
             "$DB_USER" "$DB_PASSWORD" "$(pg_port)" "$DB_NAME"
-        printf 'INTENT_KAFKA_BOOTSTRAP=%s\n' "$(kafka_bootstrap)"
+        printf 'export INTENT_KAFKA_BOOTSTRAP=%s\n' "$(kafka_bootstrap)"
     } >"$tmp"
     mv "$tmp" "$ENV_FILE"
 }
@@ -589,6 +592,7 @@ cmd_up() {
     mkdir -p "$KAFKA_DIR"
     if [[ -f "$ENV_FILE" ]] && pg_healthy && kafka_healthy; then
         log "already up ($STATE_DIR)"
+        write_env # an env file from before the export lines gets them
         cat "$ENV_FILE"
         return 0
     fi
