@@ -309,3 +309,18 @@ async def test_processes_starting_together_on_an_empty_database_agree(database_u
     finally:
         for r in runtimes:
             await r.engine.dispose()
+
+
+def test_the_env_example_names_only_settings(tmp_path: Path) -> None:
+    """.env.example, every line uncommented (the last of a repeated name wins), is a valid
+    .env."""
+    example = Path(__file__).parents[1] / ".env.example"
+    lines = [ln.removeprefix("# ") for ln in example.read_text().splitlines()]
+    (tmp_path / ".env").write_text("\n".join(ln for ln in lines if ln.startswith("INTENT_")))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INTENT_")}
+    code = "from app.config import Settings; print(Settings().kafka_bootstrap)"
+    r = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "127.0.0.1:9092\n"
