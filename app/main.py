@@ -11,6 +11,7 @@ from fastapi import APIRouter, FastAPI
 
 from app.api import (
     accounts,
+    decisions,
     deliveries,
     destinations,
     events,
@@ -36,6 +37,7 @@ ROUTERS: list[tuple[APIRouter, str]] = [
     (events.router, "ingest"),
     (segment.router, "ingest"),
     (read.router, "read"),
+    (decisions.router, "read"),
     (policy.router, "admin"),
     (accounts.router, "admin"),
     (destinations.router, "admin"),

@@ -11,6 +11,8 @@ import yaml
 from app.policy.conditions import Condition, Context, compile_condition
 from app.policy.defaults import default_policy_raw
 from app.policy.schema import CompiledPolicy, PolicyDoc, SignalSpec, parse_duration, parse_policy
+from app.policy.store import save_version
+from tests.support.harness import Service
 
 DAY = 86400.0
 
@@ -715,3 +717,40 @@ def test_fit_memo_agrees_with_direct_evaluation() -> None:
     # an unhashable attribute value skips the memo instead of failing
     ctx = {"lead": {"title": ["VP"], "email_domain": "acme.com"}, "account": {}}
     assert policy.fit(ctx) == policy._fit(ctx)
+
+
+# -- the version list over HTTP ------------------------------------------------------------
+
+
+async def test_version_list_shows_which_version_is_in_force(svc: Service) -> None:
+    """One ``active`` (in force), applied ones before it ``superseded``, calibration's
+    proposals ``proposed`` until their document is applied."""
+    c = svc.client
+    doc = (await c.get("/v1/policy")).json()["policy"]
+    doc["signals"]["demo_request"]["points"] = 25
+    r = await c.put("/v1/policy", json=doc, params={"comment": "more for demos"})
+    assert (r.status_code, r.json()["version"], r.json()["status"]) == (200, 2, "active"), r.text
+    # A calibration proposal, stored the way calibration stores it.
+    proposal = PolicyDoc.model_validate({**doc, "lists": {**doc["lists"], "extra": ["x.com"]}})
+    async with svc.runtime.sessionmaker() as session, session.begin():
+        await save_version(
+            session, proposal, source_text=None, created_by="calibrate", now=0.0, status="proposed"
+        )
+
+    async def statuses() -> dict[int, str]:
+        r = await c.get("/v1/policy/versions")
+        assert r.status_code == 200, r.text
+        return {v["version"]: v["status"] for v in r.json()["versions"]}
+
+    assert await statuses() == {3: "proposed", 2: "active", 1: "superseded"}
+    in_force = (await c.get("/v1/policy")).json()
+    assert (in_force["version"], in_force["status"]) == (2, "active")
+    assert (await c.get("/v1/policy", params={"version": 1})).json()["status"] == "superseded"
+    assert (await c.get("/v1/policy", params={"version": 3})).json()["status"] == "proposed"
+
+    # Applying the proposal's document makes a new version; the proposal stays a proposal.
+    proposed = (await c.get("/v1/policy", params={"version": 3})).json()["policy"]
+    r = await c.put("/v1/policy", json=proposed)
+    assert (r.status_code, r.json()["version"], r.json()["status"]) == (200, 4, "active"), r.text
+    assert await statuses() == {4: "active", 3: "proposed", 2: "superseded", 1: "superseded"}
+    assert (await c.get("/v1/policy")).json()["version"] == 4

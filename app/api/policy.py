@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Query
@@ -12,14 +12,14 @@ from sqlalchemy import select
 
 from app.api.body import BODY_ERRORS, JSON, MAX_ADMIN_BODY, YAML, RequestBody
 from app.api.deps import PolicyDep, RuntimeDep, SessionDep, after_commit
-from app.api.read import ERRORS
+from app.api.views import ERRORS
 from app.auth import AdminKey, ReadKey
 from app.clock import iso
 from app.db import policies
 from app.errors import NotFound
 from app.policy.impact.dry_run import band_changes
 from app.policy.schema import CompiledPolicy, PolicyDoc
-from app.policy.store import save_version, validate_or_raise
+from app.policy.store import in_force_version, save_version, shown_status, validate_or_raise
 
 router = APIRouter()
 
@@ -29,10 +29,10 @@ class PolicyVersionView(BaseModel):
     created_at: str | None
     created_by: str | None
     comment: str | None
-    status: str = Field(
-        default="active",
-        description='"active" (applied; the newest is in force) or "proposed" (from '
-        "calibration, waiting for review: apply it with PUT /v1/policy)",
+    status: Literal["active", "superseded", "proposed"] = Field(
+        description='"active": the version in force; "superseded": applied once, replaced '
+        'by a newer version since; "proposed": from calibration, waiting for review (apply '
+        "it with PUT /v1/policy)",
     )
 
 
@@ -56,13 +56,19 @@ class DryRun(BaseModel):
     examples: list[dict[str, Any]]
 
 
-def _policy_view(r: Any) -> PolicyView:
+def _version_view(r: Any, in_force: int | None) -> dict[str, Any]:
+    return {
+        "version": r.version,
+        "created_at": iso(r.created_at),
+        "created_by": r.created_by,
+        "comment": r.comment,
+        "status": shown_status(r.status, r.version, in_force),
+    }
+
+
+def _policy_view(r: Any, in_force: int | None) -> PolicyView:
     return PolicyView(
-        version=r.version,
-        created_at=iso(r.created_at),
-        created_by=r.created_by,
-        comment=r.comment,
-        status=r.status,
+        **_version_view(r, in_force),
         policy=orjson.loads(r.document),
         report=orjson.loads(r.report) if r.report else None,
     )
@@ -71,25 +77,19 @@ def _policy_view(r: Any) -> PolicyView:
 @router.get(
     "/v1/policy",
     operation_id="getPolicy",
-    summary="The active policy",
+    summary="The policy in force, or a stored version by number",
     response_model=PolicyView,
     responses=ERRORS,
 )
 async def get_policy(
     key: ReadKey, session: SessionDep, version: Annotated[int | None, Query(ge=1)] = None
 ) -> PolicyView:
-    q = (
-        select(policies)
-        .where(policies.c.status == "active")
-        .order_by(policies.c.version.desc())
-        .limit(1)
-    )
-    if version is not None:
-        q = select(policies).where(policies.c.version == version)
-    row = (await session.execute(q)).first()
+    in_force = await in_force_version(session)
+    wanted = in_force if version is None else version
+    row = (await session.execute(select(policies).where(policies.c.version == wanted))).first()
     if row is None:
         raise NotFound(f"no policy version {version}", field="version")
-    return _policy_view(row)
+    return _policy_view(row, in_force)
 
 
 @router.get(
@@ -100,6 +100,9 @@ async def get_policy(
     responses=ERRORS,
 )
 async def list_policy_versions(key: ReadKey, session: SessionDep) -> PolicyVersions:
+    """Newest first. The one in force is ``active``; applied versions before it are
+    ``superseded``; calibration's proposals are ``proposed`` until applied."""
+    in_force = await in_force_version(session)
     rows = await session.execute(
         select(
             policies.c.version,
@@ -109,18 +112,7 @@ async def list_policy_versions(key: ReadKey, session: SessionDep) -> PolicyVersi
             policies.c.status,
         ).order_by(policies.c.version.desc())
     )
-    return PolicyVersions(
-        versions=[
-            PolicyVersionView(
-                version=r.version,
-                created_at=iso(r.created_at),
-                created_by=r.created_by,
-                comment=r.comment,
-                status=r.status,
-            )
-            for r in rows
-        ]
-    )
+    return PolicyVersions(versions=[PolicyVersionView(**_version_view(r, in_force)) for r in rows])
 
 
 def describe_changes(old: PolicyDoc, new: PolicyDoc) -> list[str]:
@@ -211,4 +203,4 @@ async def put_policy(
     row = (
         await session.execute(select(policies).where(policies.c.version == compiled.version))
     ).one()
-    return _policy_view(row)
+    return _policy_view(row, compiled.version)

@@ -4,32 +4,27 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Path, Query
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.api.decisions import decisions_of
 from app.api.deps import PolicyDep, RuntimeDep, SessionDep
-from app.api.feedback import dispositions_for
+from app.api.views import ERRORS as ERRORS  # also for the admin routes' responses
 from app.api.views import (
     AccountRef,
     AccountView,
-    DecisionList,
-    DecisionView,
-    DeliveryAttemptView,
-    DeliveryView,
     FitItem,
     LeadList,
     LeadSummary,
     LeadView,
     Score,
     SignalItem,
-    SlaView,
 )
 from app.auth import ReadKey
 from app.clock import iso
-from app.db import decisions, deliveries, delivery_attempts, identities, leads
-from app.errors import InvalidInput, NotFound, error_responses
+from app.db import identities, leads
+from app.errors import InvalidInput, NotFound
 from app.events import normalise_domain
 from app.policy.schema import CompiledPolicy
 from app.scoring.decay import clamp, raw_intent, signal_scores
@@ -43,8 +38,6 @@ from app.scoring.state import (
 )
 
 router = APIRouter()
-# 503: the database is unreachable (the key lookup or the query); retry after Retry-After.
-ERRORS = error_responses(401, 403, 404, 422, 503)
 
 
 def _score(
@@ -67,44 +60,6 @@ def _signals(scores: dict[str, float]) -> list[SignalItem]:
         SignalItem(signal=k, score=round(v, 4))
         for k, v in sorted(scores.items(), key=lambda kv: -abs(kv[1]))
     ]
-
-
-def decision_view(r: Any, with_payload: bool = False) -> DecisionView:
-    return DecisionView(
-        id=r.id,
-        type=r.type,
-        lead_id=r.lead_id,
-        account_domain=r.account_domain,
-        rule=r.rule,
-        team=r.team,
-        assignee=r.assignee,
-        band=r.band,
-        tier=r.tier,
-        reason=r.reason,
-        policy_version=r.policy_version,
-        trigger_event_id=r.trigger_event_id,
-        event_received_at=iso(r.event_received_at),
-        created_at=iso(r.created_at),
-        crm_id=r.crm_id,
-        disposition=r.disposition,
-        accepted_at=iso(r.accepted_at),
-        sla=SlaView(due_at=iso(r.sla_due_at), status=r.sla_status) if r.sla_status else None,
-        payload=orjson.loads(r.payload) if with_payload else None,
-    )
-
-
-async def _decisions_for(
-    session: AsyncSession, *, lead_id: str | None = None, domain: str | None = None, limit: int = 20
-) -> list[DecisionView]:
-    cond = decisions.c.lead_id == lead_id if lead_id else decisions.c.account_domain == domain
-    rows = await session.execute(
-        select(decisions).where(cond).order_by(decisions.c.created_at.desc()).limit(limit)
-    )
-    views = [decision_view(r) for r in rows]
-    history = await dispositions_for(session, [v.id for v in views])
-    for v in views:
-        v.dispositions = history[v.id]
-    return views
 
 
 async def _find_lead(session: AsyncSession, lead_id: str) -> LeadState | None:
@@ -178,7 +133,7 @@ async def get_lead(
         score=score,
         fit_breakdown=[FitItem(rule=r, points=p) for r, p in ev.fit_breakdown],
         intent_breakdown=_signals(ev.signals),
-        decisions=await _decisions_for(session, lead_id=lead.lead_id),
+        decisions=await decisions_of(session, lead_id=lead.lead_id),
     )
 
 
@@ -306,110 +261,7 @@ async def get_account(
         fit_breakdown=[FitItem(rule=r, points=p) for r, p in breakdown],
         active_leads=active_now,
         leads=summaries,
-        decisions=await _decisions_for(session, domain=domain),
+        decisions=await decisions_of(session, domain=domain),
         evaluated_at=iso(now) or "",
         policy_version=policy.version,
     )
-
-
-@router.get(
-    "/v1/decisions",
-    operation_id="listDecisions",
-    summary="Routing decisions, newest first",
-    response_model=DecisionList,
-    responses=ERRORS,
-)
-async def list_decisions(
-    key: ReadKey,
-    session: SessionDep,
-    lead_id: str | None = None,
-    account: str | None = None,
-    team: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
-) -> DecisionList:
-    q = select(decisions).order_by(decisions.c.id.desc())
-    if lead_id:
-        q = q.where(
-            decisions.c.lead_id == lead_id.lower()
-            if "@" in lead_id
-            else decisions.c.lead_id == lead_id
-        )
-    if account:
-        q = q.where(decisions.c.account_domain == account.lower())
-    if team:
-        q = q.where(decisions.c.team == team)
-    if cursor:
-        q = q.where(decisions.c.id < cursor)
-    rows = (await session.execute(q.limit(limit + 1))).all()
-    views = [decision_view(r) for r in rows[:limit]]
-    return DecisionList(decisions=views, next_cursor=views[-1].id if len(rows) > limit else None)
-
-
-async def deliveries_for(session: AsyncSession, decision_id: str) -> list[DeliveryView]:
-    # One statement, so a delivery and its attempts are read as of the same moment.
-    a = delivery_attempts
-    rows = (
-        await session.execute(
-            select(
-                deliveries,
-                a.c.attempt.label("a_attempt"),
-                a.c.started_at.label("a_started_at"),
-                a.c.status_code.label("a_status_code"),
-                a.c.latency_ms.label("a_latency_ms"),
-                a.c.error.label("a_error"),
-            )
-            .outerjoin(a, a.c.delivery_id == deliveries.c.id)
-            .where(deliveries.c.decision_id == decision_id)
-            .order_by(deliveries.c.created_at, deliveries.c.id, a.c.id)
-        )
-    ).all()
-    by_delivery: dict[str, list[DeliveryAttemptView]] = {}
-    firsts: dict[str, Any] = {}
-    for r in rows:
-        firsts.setdefault(r.id, r)
-        history = by_delivery.setdefault(r.id, [])
-        if r.a_attempt is not None:
-            history.append(
-                DeliveryAttemptView(
-                    attempt=r.a_attempt,
-                    started_at=iso(r.a_started_at),
-                    status_code=r.a_status_code,
-                    latency_ms=round(r.a_latency_ms, 3),
-                    error=r.a_error,
-                )
-            )
-    rows = list(firsts.values())
-    return [
-        DeliveryView(
-            id=r.id,
-            destination_id=r.destination_id,
-            status=r.status,
-            attempts=r.attempts,
-            next_attempt_at=iso(r.next_attempt_at) if r.status == "pending" else None,
-            last_status_code=r.last_status_code,
-            last_error=r.last_error,
-            delivered_at=iso(r.delivered_at),
-            history=by_delivery.get(r.id, []),
-        )
-        for r in rows
-    ]
-
-
-@router.get(
-    "/v1/decisions/{decision_id}",
-    operation_id="getDecision",
-    summary="One decision with its webhook body and delivery attempts",
-    response_model=DecisionView,
-    responses=ERRORS,
-)
-async def get_decision(decision_id: str, key: ReadKey, session: SessionDep) -> DecisionView:
-    row = (await session.execute(select(decisions).where(decisions.c.id == decision_id))).first()
-    if row is None:
-        raise NotFound(
-            f'no decision "{decision_id}"', field="decision_id", code="decision_not_found"
-        )
-    view = decision_view(row, with_payload=True)
-    view.deliveries = await deliveries_for(session, decision_id)
-    view.dispositions = (await dispositions_for(session, [decision_id]))[decision_id]
-    return view

@@ -6,6 +6,11 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from app.errors import error_responses
+
+# 503: the database is unreachable (the key lookup or the query); retry after Retry-After.
+ERRORS = error_responses(401, 403, 404, 422, 503)
+
 
 class AccountRef(BaseModel):
     domain: str
@@ -71,7 +76,22 @@ class DispositionView(BaseModel):
     created_at: str | None
 
 
-class DecisionView(BaseModel):
+class DeliverySummary(BaseModel):
+    """A decision's webhooks at a glance; ``GET /v1/decisions/{id}`` shows each one's
+    attempts, and the webhook body."""
+
+    count: int = Field(description="webhooks for this decision: one per matching destination")
+    statuses: dict[str, int] = Field(
+        description="how many are pending, delivered, dead (gave up) or parked (destination "
+        "disabled)"
+    )
+    attempts: int = Field(description="send attempts, over all of them")
+    last_delivered_at: str | None = Field(description="when the latest one was delivered")
+
+
+class DecisionSummary(BaseModel):
+    """A decision as lists show it: its webhooks summarised."""
+
     id: str
     type: str
     lead_id: str | None
@@ -93,8 +113,14 @@ class DecisionView(BaseModel):
     accepted_at: str | None = None
     sla: SlaView | None = None
     dispositions: list[DispositionView] = []
-    payload: dict[str, Any] | None = None
-    deliveries: list[DeliveryView] = []
+    delivery: DeliverySummary
+
+
+class DecisionView(DecisionSummary):
+    """One decision in full: the webhook body and every delivery with its attempts."""
+
+    payload: dict[str, Any] = Field(description="the webhook body, as delivered")
+    deliveries: list[DeliveryView]
 
 
 class LeadView(BaseModel):
@@ -109,7 +135,7 @@ class LeadView(BaseModel):
     score: Score
     fit_breakdown: list[FitItem]
     intent_breakdown: list[SignalItem]
-    decisions: list[DecisionView]
+    decisions: list[DecisionSummary]
 
 
 class LeadSummary(BaseModel):
@@ -141,11 +167,11 @@ class AccountView(BaseModel):
     fit_breakdown: list[FitItem]
     active_leads: int
     leads: list[LeadSummary]
-    decisions: list[DecisionView]
+    decisions: list[DecisionSummary]
     evaluated_at: str
     policy_version: int
 
 
 class DecisionList(BaseModel):
-    decisions: list[DecisionView]
+    decisions: list[DecisionSummary]
     next_cursor: str | None

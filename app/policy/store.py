@@ -1,4 +1,11 @@
-"""Policy versions in the database; the newest version is the active one."""
+"""Policy versions in the database; the newest applied version is the one in force.
+
+A version is stored as ``active`` (applied: PUT /v1/policy, a learned rejection, the
+shipped default) or ``proposed`` (calibration's, kept for review; it never takes effect by
+itself). Which applied version is in force follows from the order, so the stored status
+never changes; ``shown_status`` says it the way a reader of the version list needs it:
+the one in force ``active``, the applied ones before it ``superseded``.
+"""
 
 from __future__ import annotations
 
@@ -27,11 +34,32 @@ def validate_or_raise(raw: Any) -> PolicyDoc:
     return doc
 
 
+APPLIED = "active"
+PROPOSED = "proposed"
+SUPERSEDED = "superseded"
+
+
+def shown_status(status: str, version: int, in_force: int | None) -> str:
+    """``active`` for the version in force, ``superseded`` for an applied one before it,
+    ``proposed`` for a calibration proposal (whatever its place)."""
+    if status == APPLIED and in_force is not None and version < in_force:
+        return SUPERSEDED
+    return status
+
+
+async def in_force_version(session: AsyncSession) -> int | None:
+    """The version in force: the newest applied one."""
+    version: int | None = await session.scalar(
+        select(func.max(policies.c.version)).where(policies.c.status == APPLIED)
+    )
+    return version
+
+
 async def active_policy(session: AsyncSession) -> CompiledPolicy | None:
     row = (
         await session.execute(
             select(policies)
-            .where(policies.c.status == "active")
+            .where(policies.c.status == APPLIED)
             .order_by(policies.c.version.desc())
             .limit(1)
         )
@@ -50,7 +78,7 @@ async def save_version(
     created_by: str | None,
     now: float,
     comment: str | None = None,
-    status: str = "active",
+    status: str = APPLIED,
     report: str | None = None,
     version: int | None = None,
 ) -> CompiledPolicy:
