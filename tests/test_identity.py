@@ -308,6 +308,24 @@ async def test_free_mail_domains_never_form_an_account(
     assert set(await account_signals(sessions)) == {"acme.com"}
 
 
+async def test_a_free_mail_domain_described_by_an_event_forms_no_account(
+    sessions: Sessions, policy: CompiledPolicy
+) -> None:
+    ev = make_event(
+        "e1",
+        "site_visit",
+        T0,
+        anonymous_id="c9",
+        account_domain="gmail.com",
+        account={"name": "Google Mail", "employees": 100},
+    )
+    state = await run_batch(sessions, policy, [ev], now=T0)
+    assert state.accounts == {}
+    async with sessions() as session:
+        rows = (await session.execute(select(accounts.c.domain))).all()
+    assert rows == []
+
+
 async def test_a_work_email_decides_the_account_over_the_events_account(
     sessions: Sessions, policy: CompiledPolicy
 ) -> None:

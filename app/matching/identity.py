@@ -203,7 +203,12 @@ class BatchState:
             if lead.attributes.get(key) != value:
                 lead.attributes[key] = value
                 attrs_changed = True
-        if ev.account_domain and ev.account_attrs:
+        # Free-mail domains never form an account, whatever the event says of them.
+        if (
+            ev.account_domain
+            and ev.account_attrs
+            and ev.account_domain not in self.policy.free_mail
+        ):
             described = self.account(ev.account_domain)
             if described.update(ev.account_attrs):
                 described.updated_at = self.now

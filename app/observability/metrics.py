@@ -49,8 +49,10 @@ INGEST_QUEUE = Gauge("intent_ingest_queue_events", "Events waiting for the next 
 POLICY_VERSION = Gauge("intent_policy_active_version", "Version of the active policy")
 STAGE_SECONDS = Histogram(
     "intent_pipeline_stage_seconds",
-    "Time per pipeline stage of one batch: ingest (dedupe), identify (load identities, "
-    "leads, accounts), score, match (account surges), route, outbox (deliveries + state)",
+    "Time per pipeline stage of one batch: ingest (dedupe), load (identities, leads, "
+    "accounts), identify (resolve, stitch, attach), score (signals, fit, band), surge "
+    "(account surges), route (rules, cooldown, assignment), outbox (deliveries), save "
+    "(state written back)",
     ["stage"],
     buckets=LATENCY_BUCKETS,
 )
