@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import gzip
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -371,6 +372,39 @@ async def test_missing_credentials_are_401(
     r = await anon.post("/v1/events", json=good(clock), headers=headers)
     err = error(r, 401, "unauthenticated")
     assert err["field"] == "authorization"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("PUT", "/v1/policy"),
+        ("PUT", "/v1/accounts"),
+        ("POST", "/v1/decisions/dec_x/feedback"),
+        ("POST", "/segment/v1/batch"),
+    ],
+)
+async def test_the_key_is_checked_before_the_body_is_read(
+    anon: httpx.AsyncClient, method: str, path: str
+) -> None:
+    # The body is a typed parameter read by a dependency: the key's comes first.
+    r = await anon.request(method, path, content=b"{oops", headers={"content-type": "text/csv"})
+    assert error(r, 401, "unauthenticated")["field"] == "authorization"
+
+
+async def test_gzip_bodies_are_read_on_every_body_route(svc: Service) -> None:
+    csv = b"domain,tier\nacme.com,tier_1\n"
+    r = await svc.client.put(
+        "/v1/accounts",
+        content=gzip.compress(csv),
+        headers={"content-type": "text/csv", "content-encoding": "gzip"},
+    )
+    assert (r.status_code, r.json()) == (200, {"upserted": 1}), r.text
+    r = await svc.client.put(
+        "/v1/accounts",
+        content=b"not gzip",
+        headers={"content-type": "text/csv", "content-encoding": "gzip"},
+    )
+    assert error(r, 400, "malformed_gzip")["field"] == "body"
 
 
 async def test_unknown_key_is_401(svc: Service, clock: FakeClock) -> None:
