@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.db import decisions, events
 from app.db.bulk import Bulk
 from app.delivery.destinations import Destination
-from app.delivery.outbox import NewDelivery, Routed, enqueue
+from app.delivery.lifecycle import NewDelivery, Routed, enqueue
 from app.events import Candidate, Event, EventStatus
 from app.matching.identity import BatchState
 from app.observability import metrics

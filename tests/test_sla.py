@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -233,3 +235,43 @@ async def test_two_timers_on_one_database_escalate_once(
         assert len(rows) == 4
         assert len({r.lead_id for r in rows}) == 4
         assert {r["id"] for r in a}.isdisjoint({r["id"] for r in b})
+
+
+async def test_on_sqlite_the_escalation_waits_for_the_single_writer_lock(
+    tmp_path: Path, hook: Receiver, clock: FakeClock
+) -> None:
+    """SQLite has one writer: the SLA timer's transaction takes its turn on the pipeline's
+    write lock (``LoopThread.write``), as the pipeline's batches and the dispatcher's
+    records do. While a write holds the lock nothing is escalated; once it lets go, the
+    overdue decision is. (An SLA write on a session of its own would go ahead at once.)"""
+    settings = Settings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path}/intent.db",
+        delivery_allowed_hosts=["127.0.0.1"],
+        sqlite_synchronous="NORMAL",
+    )
+    async with service(settings, clock) as svc:
+        loop_thread = svc.runtime.pipeline_loop
+        assert loop_thread is not None
+        await setup_crm(svc, hook)
+        await sla_policy(svc, "team_lead")
+        await routed(svc, hook, clock, "dana@acme.com")
+        entered, release = threading.Event(), threading.Event()
+
+        async def hold(_sessionmaker: Any) -> None:
+            entered.set()
+            await asyncio.to_thread(release.wait, 30)  # the pipeline's loop runs on
+
+        holder = asyncio.create_task(loop_thread.write(hold))
+        await asyncio.to_thread(entered.wait, 5)
+        try:
+            clock.advance(5 * MINUTE + 1)
+            check = asyncio.create_task(timer(svc).check_now())
+            await asyncio.sleep(1.5)  # the background check has had its turn too
+            assert not check.done()
+            assert await escalations(svc) == []
+        finally:
+            release.set()
+        await holder
+        await check
+        [row] = await escalations(svc)
+        assert row.assignee == TEAM_LEAD

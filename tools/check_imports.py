@@ -49,7 +49,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 AGAINST_THE_FLOW: dict[tuple[str, str], str] = {}
 MAX_AGAINST = 4
 
-# Only these change delivery state (rows of ``deliveries``, a destination's ``enabled``).
+# Only these change delivery state (rows of ``deliveries``, a destination's ``enabled``);
+# a package counts with its modules (the dispatcher's claim and record).
 DELIVERY_WRITERS = ("app.delivery.lifecycle", "app.delivery.dispatcher")
 MAX_FILE_LINES = 450
 MAX_FUNCTION_LINES = 80
@@ -228,7 +229,7 @@ def main(argv: list[str]) -> int:
 
     writers = delivery_writers(mods)
     for name, n in sorted(writers.items()):
-        if name not in DELIVERY_WRITERS:
+        if not any(name == w or name.startswith(w + ".") for w in DELIVERY_WRITERS):
             problems.append(f"{name} writes delivery state ({n} statements)")
 
     for path in mods.values():

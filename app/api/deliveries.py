@@ -1,4 +1,5 @@
-"""Admin API: send deliveries again (one, or a destination's range)."""
+"""Admin API: send deliveries again (one, or a destination's range), through
+``app.delivery.lifecycle``; the dispatcher is poked once the request has committed."""
 
 from __future__ import annotations
 
@@ -6,18 +7,16 @@ from typing import Literal
 
 from fastapi import APIRouter, Request
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
-from sqlalchemy import update
 
 from app.api.body import body_model
 from app.api.deps import RuntimeDep, SessionDep, after_commit
-from app.api.destinations import destination_row
 from app.api.read import ERRORS
 from app.auth import AdminKey
-from app.db import deliveries
-from app.errors import Conflict, InvalidInput, NotFound, error_responses
+from app.delivery import lifecycle
+from app.delivery.destinations import destination_row
+from app.errors import InvalidInput, error_responses
 
 router = APIRouter()
-MAX_ADMIN_BODY = 32 * 1024 * 1024
 # Routes that read a body also answer 400 (not JSON/YAML) and 413 (too large).
 BODY_ERRORS = {**ERRORS, **error_responses(400, 413)}
 
@@ -38,18 +37,7 @@ class Redelivered(BaseModel):
 async def redeliver(
     delivery_id: str, key: AdminKey, session: SessionDep, runtime: RuntimeDep
 ) -> Redelivered:
-    result = await session.execute(
-        update(deliveries)
-        .where(deliveries.c.id == delivery_id)
-        .values(
-            status="pending", attempts=0, next_attempt_at=runtime.clock.now(), locked_until=None
-        )
-        .returning(deliveries.c.id)
-    )
-    if result.first() is None:
-        raise NotFound(
-            f'no delivery "{delivery_id}"', field="delivery_id", code="delivery_not_found"
-        )
+    await lifecycle.redeliver(session, delivery_id, now=runtime.clock.now())
     if runtime.dispatcher is not None:
         after_commit(session, runtime.dispatcher.poke)
     return Redelivered(id=delivery_id, status="pending")
@@ -84,34 +72,20 @@ class Redriven(BaseModel):
 async def redrive_destination(
     destination_id: str, request: Request, key: AdminKey, session: SessionDep, runtime: RuntimeDep
 ) -> Redriven:
-    row = await destination_row(session, destination_id)
+    await destination_row(session, destination_id)  # a 404 before the body's 422
     body: RedriveIn = await body_model(request, RedriveIn)
     since = body.since.timestamp()
     until = body.until.timestamp() if body.until is not None else None
     if until is not None and until <= since:
         raise InvalidInput("until must be after since", field="until")
-    if not row.enabled:
-        raise Conflict(
-            "the destination is disabled; re-enable it before redriving",
-            field="destination_id",
-            code="destination_disabled",
-        )
-    match = [
-        deliveries.c.destination_id == destination_id,
-        deliveries.c.status.in_(body.status),
-        deliveries.c.created_at >= since,
-    ]
-    if until is not None:
-        match.append(deliveries.c.created_at < until)
-    result = await session.execute(
-        update(deliveries)
-        .where(*match)
-        .values(
-            status="pending", attempts=0, next_attempt_at=runtime.clock.now(), locked_until=None
-        )
-        .returning(deliveries.c.id)
+    n = await lifecycle.redrive(
+        session,
+        destination_id,
+        statuses=body.status,
+        since=since,
+        until=until,
+        now=runtime.clock.now(),
     )
-    n = len(result.all())
     if n and runtime.dispatcher is not None:
         after_commit(session, runtime.dispatcher.poke)
     return Redriven(redriven=n)

@@ -1,29 +1,28 @@
-"""Admin API: webhook destinations (create, change, test, rotate the secret)."""
+"""Admin API: webhook destinations (create, change, test, rotate the secret, remove).
+
+Thin: each route parses, calls ``app.delivery.lifecycle`` (the owner of destination and
+delivery state) and shapes the answer; the request's transaction commits when it returns.
+"""
 
 from __future__ import annotations
 
-import time
 from typing import Any, Literal
 
-import httpx
 import orjson
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import delete, select, update
+from sqlalchemy import Row
 
 from app.api.body import body_model
 from app.api.deps import RuntimeDep, SessionDep, after_commit
 from app.api.read import ERRORS
 from app.auth import AdminKey
-from app.clock import iso, new_id
-from app.db import deliveries, destinations, dumps
-from app.delivery import dispatcher as dispatch
-from app.delivery import formats, signing
-from app.delivery.destinations import FILTER_KEYS, destination_from_row
-from app.errors import Conflict, NotFound, error_responses
+from app.clock import iso
+from app.delivery import lifecycle
+from app.delivery.destinations import FILTER_KEYS, destination_row, destination_rows
+from app.errors import error_responses
 
 router = APIRouter()
-MAX_ADMIN_BODY = 32 * 1024 * 1024
 # Routes that read a body also answer 400 (not JSON/YAML) and 413 (too large).
 BODY_ERRORS = {**ERRORS, **error_responses(400, 413)}
 
@@ -84,7 +83,7 @@ class DestinationList(BaseModel):
     destinations: list[DestinationView]
 
 
-def _dest_view(r: Any, secret: str | None = None) -> DestinationView:
+def _dest_view(r: Row[Any], secret: str | None = None) -> DestinationView:
     return DestinationView(
         id=r.id,
         name=r.name,
@@ -101,8 +100,10 @@ def _dest_view(r: Any, secret: str | None = None) -> DestinationView:
     )
 
 
-def _filter_json(f: DestinationFilter) -> str:
-    return dumps({k: v for k, v in f.model_dump().items() if v is not None and k in FILTER_KEYS})
+def _filter(f: DestinationFilter | None) -> dict[str, list[str]] | None:
+    if f is None:
+        return None
+    return {k: v for k, v in f.model_dump().items() if v is not None and k in FILTER_KEYS}
 
 
 @router.post(
@@ -125,34 +126,11 @@ async def create_destination(
     request: Request, key: AdminKey, session: SessionDep, runtime: RuntimeDep
 ) -> DestinationView:
     body: DestinationIn = await body_model(request, DestinationIn)
-    await runtime.guard.check_url(body.url)
-    now = runtime.clock.now()
-    secret = signing.new_secret()
-    exists = (
-        await session.execute(select(destinations.c.id).where(destinations.c.name == body.name))
-    ).first()
-    if exists:
-        raise Conflict(
-            f'a destination named "{body.name}" exists', field="name", code="destination_exists"
-        )
-    dest_id = new_id("dst", now)
-    await session.execute(
-        destinations.insert().values(
-            id=dest_id,
-            name=body.name,
-            url=body.url,
-            secret=secret,
-            enabled=body.enabled,
-            disabled_reason=None if body.enabled else "admin",
-            disabled_at=None if body.enabled else now,
-            format=body.format,
-            filter=_filter_json(body.filter),
-            created_at=now,
-            updated_at=now,
-        )
+    spec = lifecycle.DestinationSpec(body.name, body.url, body.format, _filter(body.filter))
+    row, secret = await lifecycle.create_destination(
+        session, spec, enabled=body.enabled, guard=runtime.guard, now=runtime.clock.now()
     )
     after_commit(session, runtime.destinations.invalidate)
-    row = (await session.execute(select(destinations).where(destinations.c.id == dest_id))).one()
     return _dest_view(row, secret)
 
 
@@ -164,17 +142,7 @@ async def create_destination(
     responses=ERRORS,
 )
 async def list_destinations(key: AdminKey, session: SessionDep) -> DestinationList:
-    rows = await session.execute(select(destinations).order_by(destinations.c.created_at))
-    return DestinationList(destinations=[_dest_view(r) for r in rows])
-
-
-async def destination_row(session: Any, dest_id: str) -> Any:
-    row = (await session.execute(select(destinations).where(destinations.c.id == dest_id))).first()
-    if row is None:
-        raise NotFound(
-            f'no destination "{dest_id}"', field="destination_id", code="destination_not_found"
-        )
-    return row
+    return DestinationList(destinations=[_dest_view(r) for r in await destination_rows(session)])
 
 
 @router.get(
@@ -208,32 +176,21 @@ async def get_destination(
 async def update_destination(
     destination_id: str, request: Request, key: AdminKey, session: SessionDep, runtime: RuntimeDep
 ) -> DestinationView:
-    await destination_row(session, destination_id)
+    await destination_row(session, destination_id)  # a 404 before the body's 422
     body: DestinationPatch = await body_model(request, DestinationPatch)
-    now = runtime.clock.now()
-    values: dict[str, Any] = {"updated_at": now}
-    if body.url is not None:
-        await runtime.guard.check_url(body.url)
-        values["url"] = body.url
-    if body.name is not None:
-        values["name"] = body.name
-    if body.format is not None:
-        values["format"] = body.format
-    if body.filter is not None:
-        values["filter"] = _filter_json(body.filter)
-    conn = await session.connection()
-    await conn.execute(
-        update(destinations).where(destinations.c.id == destination_id).values(**values)
+    spec = lifecycle.DestinationSpec(body.name, body.url, body.format, _filter(body.filter))
+    row, resumed = await lifecycle.update_destination(
+        session,
+        destination_id,
+        spec,
+        enabled=body.enabled,
+        guard=runtime.guard,
+        now=runtime.clock.now(),
     )
-    resumed = 0
-    if body.enabled is True:
-        resumed = await dispatch.enable(conn, destination_id, now=now)
-    elif body.enabled is False:
-        await dispatch.disable(conn, [destination_id], reason="admin", now=now)
     after_commit(session, runtime.destinations.invalidate)
     if resumed and runtime.dispatcher is not None:
         after_commit(session, runtime.dispatcher.poke)
-    return _dest_view(await destination_row(session, destination_id))
+    return _dest_view(row)
 
 
 @router.delete(
@@ -246,17 +203,7 @@ async def update_destination(
 async def delete_destination(
     destination_id: str, key: AdminKey, session: SessionDep, runtime: RuntimeDep
 ) -> Response:
-    await destination_row(session, destination_id)
-    await session.execute(delete(destinations).where(destinations.c.id == destination_id))
-    # Nothing will ever send what it still had queued: close it out, visibly.
-    await session.execute(
-        update(deliveries)
-        .where(
-            deliveries.c.destination_id == destination_id,
-            deliveries.c.status.in_(("pending", "parked")),
-        )
-        .values(status="dead", last_error="destination_deleted", locked_until=None)
-    )
+    await lifecycle.delete_destination(session, destination_id)
     after_commit(session, runtime.destinations.invalidate)
     return Response(status_code=204)
 
@@ -278,42 +225,16 @@ class TestSendResult(BaseModel):
 async def test_destination(
     destination_id: str, key: AdminKey, session: SessionDep, runtime: RuntimeDep
 ) -> TestSendResult:
-    row = await destination_row(session, destination_id)
-    target = await runtime.guard.resolve(row.url)
-    now = runtime.clock.now()
-    msg_id = new_id("msg", now)
-    body = formats.render(
-        row.format,
-        orjson.dumps(
-            {
-                "type": "test.ping",
-                "timestamp": iso(now),
-                "data": {"destination_id": row.id, "name": row.name},
-            }
-        ),
+    # Signed, SSRF-pinned and sent exactly as a webhook is (the dispatcher's sender);
+    # nothing is recorded.
+    sent = await lifecycle.test_send(
+        session, destination_id, sender=runtime.sender, now=runtime.clock.now()
     )
-    headers = signing.headers(destination_from_row(row).secrets(now), msg_id, int(now), body)
-    headers.update(target.headers)
-    t0 = time.perf_counter()
-    try:
-        async with httpx.AsyncClient(
-            timeout=runtime.settings.delivery_timeout_seconds, follow_redirects=False
-        ) as client:
-            resp = await client.post(
-                target.url, content=body, headers=headers, extensions=target.extensions
-            )
-    except httpx.HTTPError as exc:
-        return TestSendResult(
-            delivered=False,
-            status_code=None,
-            latency_ms=(time.perf_counter() - t0) * 1000,
-            error=f"{type(exc).__name__}: {exc}"[:300],
-        )
     return TestSendResult(
-        delivered=200 <= resp.status_code < 300,
-        status_code=resp.status_code,
-        latency_ms=(time.perf_counter() - t0) * 1000,
-        error=None if resp.is_success else f"http_{resp.status_code}",
+        delivered=sent.error is None,
+        status_code=sent.status_code,
+        latency_ms=sent.latency_ms,
+        error=sent.error,
     )
 
 
@@ -350,20 +271,10 @@ async def rotate_destination_secret(
 ) -> DestinationView:
     """During the overlap each webhook carries both signatures, so receivers can switch to
     the new secret at their own pace. Rotating again drops the older previous secret."""
-    row = await destination_row(session, destination_id)
+    await destination_row(session, destination_id)  # a 404 before the body's 422
     body: RotateSecretIn = await body_model(request, RotateSecretIn, optional=True)
-    now = runtime.clock.now()
-    secret = signing.new_secret()
-    overlap = body.overlap_seconds
-    await session.execute(
-        update(destinations)
-        .where(destinations.c.id == destination_id)
-        .values(
-            secret=secret,
-            previous_secret=row.secret if overlap else None,
-            previous_secret_expires_at=now + overlap if overlap else None,
-            updated_at=now,
-        )
+    row, secret = await lifecycle.rotate_secret(
+        session, destination_id, overlap=body.overlap_seconds, now=runtime.clock.now()
     )
     after_commit(session, runtime.destinations.invalidate)
-    return _dest_view(await destination_row(session, destination_id), secret)
+    return _dest_view(row, secret)

@@ -1,15 +1,19 @@
-"""Webhook destinations as the pipeline and dispatcher see them, cached in memory."""
+"""Webhook destinations as the pipeline and dispatcher see them, cached in memory, and
+read for the API. (What changes them is ``app.delivery.lifecycle``.)"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db import destinations, loads
+from app.db.bulk import Bulk
+from app.errors import NotFound
 
 FILTER_KEYS = ("band", "tier", "team", "type")
 
@@ -45,19 +49,46 @@ class Destination:
         return True
 
 
-def destination_from_row(r: Any) -> Destination:
+COLUMNS = tuple(c.name for c in destinations.columns)
+
+
+def destination(r: Mapping[Any, Any]) -> Destination:
+    """A destination from its row's columns."""
     return Destination(
-        id=r.id,
-        name=r.name,
-        url=r.url,
-        secret=r.secret,
-        enabled=bool(r.enabled),  # SQLite's driver gives 0/1
-        format=r.format,
-        filter=loads(r.filter),
-        previous_secret=r.previous_secret,
-        previous_secret_expires_at=r.previous_secret_expires_at,
-        failing_since=r.failing_since,
+        id=r["id"],
+        name=r["name"],
+        url=r["url"],
+        secret=r["secret"],
+        enabled=bool(r["enabled"]),  # SQLite's driver gives 0/1
+        format=r["format"],
+        filter=loads(r["filter"]),
+        previous_secret=r["previous_secret"],
+        previous_secret_expires_at=r["previous_secret_expires_at"],
+        failing_since=r["failing_since"],
     )
+
+
+async def read_all(bulk: Bulk) -> dict[str, Destination]:
+    """Every destination, read in the bulk reader's transaction, by id."""
+    rows = await bulk.select_all(destinations, COLUMNS)
+    return {r[0]: destination(dict(zip(COLUMNS, r, strict=True))) for r in rows}
+
+
+async def destination_row(session: AsyncSession, dest_id: str) -> Row[Any]:
+    """A destination's row; ``NotFound`` (404 ``destination_not_found``) if there is none."""
+    found = await session.execute(select(destinations).where(destinations.c.id == dest_id))
+    row = found.first()
+    if row is None:
+        raise NotFound(
+            f'no destination "{dest_id}"', field="destination_id", code="destination_not_found"
+        )
+    return row
+
+
+async def destination_rows(session: AsyncSession) -> list[Row[Any]]:
+    """Every destination's row, oldest first."""
+    found = await session.execute(select(destinations).order_by(destinations.c.created_at))
+    return list(found)
 
 
 class DestinationCache:
@@ -76,6 +107,6 @@ class DestinationCache:
         if time.monotonic() - self._loaded_at > self._ttl:
             async with self._sessionmaker() as session:
                 rows = await session.execute(select(destinations))
-                self._items = {r.id: destination_from_row(r) for r in rows}
+                self._items = {r.id: destination(r._mapping) for r in rows}
             self._loaded_at = time.monotonic()
         return self._items

@@ -6,7 +6,10 @@ Every second (and on ``check_now()``) each dispatcher process claims the overdue
 with one ``UPDATE … WHERE sla_status='pending' … RETURNING`` (the candidates selected
 ``FOR UPDATE SKIP LOCKED`` on PostgreSQL), so exactly one process escalates each. In
 the same transaction it writes a ``lead.sla_missed`` decision for the new assignee and
-its outbox deliveries; the deliveries it claimed go to the dispatcher after the commit.
+its outbox deliveries (``lifecycle.enqueue``, as the pipeline writes its own); the
+deliveries it claimed go to the dispatcher after the commit. On SQLite that transaction
+runs where the pipeline's batches and the dispatcher's records run (``writes``:
+``LoopThread.write``), one at a time under the same single-writer lock.
 """
 
 from __future__ import annotations
@@ -15,16 +18,17 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Select, select, update
+from sqlalchemy import Row, Select, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.clock import Clock, iso, new_id
-from app.db import decisions, dialect_of, loads
-from app.delivery.dispatcher import Dispatcher
-from app.delivery.outbox import Routed, enqueue
+from app.db import Transaction, decisions, dialect_of, loads
+from app.delivery.dispatcher import Dispatcher, Writes
+from app.delivery.lifecycle import Enqueued, Routed, enqueue
 from app.observability import metrics
 from app.policy.schema import CompiledPolicy, RoutingRule, Team
 from app.routing.assignment import Assignment, Counters, _day
@@ -172,7 +176,7 @@ async def any_overdue(session: AsyncSession, *, now: float) -> bool:
     return (await session.execute(_overdue(now).limit(1))).first() is not None
 
 
-async def claim_overdue(session: AsyncSession, *, now: float, limit: int) -> list[Any]:
+async def claim_overdue(session: AsyncSession, *, now: float, limit: int) -> list[Row[Any]]:
     """Mark up to ``limit`` overdue, unaccepted decisions missed; the rows this call won."""
     due = _overdue(now).limit(limit)
     if dialect_of(session) == "postgresql":
@@ -187,7 +191,7 @@ async def claim_overdue(session: AsyncSession, *, now: float, limit: int) -> lis
 
 
 async def escalate_missed(
-    session: AsyncSession, missed: list[Any], *, policy: CompiledPolicy, now: float
+    session: AsyncSession, missed: list[Row[Any]], *, policy: CompiledPolicy, now: float
 ) -> list[Routed]:
     """Write one ``lead.sla_missed`` decision per missed one, for the outbox."""
     rules: dict[str, RoutingRule] = {r.name: r for r in policy.doc.routing.rules}
@@ -219,6 +223,29 @@ async def escalate_missed(
     return out
 
 
+@dataclass
+class Escalation:
+    """One check's transaction: the decisions it found missed, the ``lead.sla_missed``
+    decisions it wrote for them, and their outbox deliveries."""
+
+    missed: list[Row[Any]]
+    routed: list[Routed]
+    outbox: Enqueued
+
+
+async def escalate_overdue(
+    session: AsyncSession, *, policy: CompiledPolicy, now: float, lease_until: float
+) -> Escalation:
+    """Claim up to ``BATCH`` overdue decisions, escalate them and enqueue the webhooks."""
+    missed = await claim_overdue(session, now=now, limit=BATCH)
+    if not missed:
+        return Escalation([], [], Enqueued([], set()))
+    escalated = await escalate_missed(session, missed, policy=policy, now=now)
+    # Destinations read in the transaction, like the pipeline's.
+    outbox = await enqueue(session, escalated, None, now=now, lease_until=lease_until)
+    return Escalation(missed, escalated, outbox)
+
+
 class SlaTimer:
     """Escalates overdue decisions every ``interval`` seconds; ``check_now()`` for tests."""
 
@@ -229,15 +256,22 @@ class SlaTimer:
         *,
         policy: Callable[[], CompiledPolicy | None],
         dispatcher: Dispatcher,
+        writes: Writes | None = None,
         interval: float = CHECK_SECONDS,
     ) -> None:
         self._sessionmaker = sessionmaker
+        # Where the write transaction runs: ``LoopThread.write`` on SQLite (the one
+        # writer's lock, shared with the pipeline and the dispatcher), else here.
+        self._writes: Writes = writes or self._write_here
         self._clock = clock
         self._policy = policy
         self._dispatcher = dispatcher
         self._interval = interval
         self._lock = asyncio.Lock()  # one check at a time in this process
         self._task: asyncio.Task[None] | None = None
+
+    async def _write_here(self, txn: Transaction[Any]) -> Any:
+        return await txn(self._sessionmaker)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="sla-timer")
@@ -276,29 +310,30 @@ class SlaTimer:
         async with self._sessionmaker() as session:
             if not await any_overdue(session, now=now):
                 return []
-        # The claiming UPDATE comes first: on SQLite the transaction starts as a writer.
-        async with self._sessionmaker() as session, session.begin():
-            missed = await claim_overdue(session, now=now, limit=BATCH)
-            if not missed:
-                return []
-            escalated = await escalate_missed(session, missed, policy=policy, now=now)
-            outbox = await enqueue(
-                session,
-                escalated,
-                None,  # destinations read in the transaction, like the pipeline's
-                now=now,
-                lease_until=now + self._dispatcher.lease,
-            )
-        for m in missed:
+        lease_until = now + self._dispatcher.lease
+
+        async def escalating(sessionmaker: async_sessionmaker[AsyncSession]) -> Escalation:
+            # The claiming UPDATE comes first: on SQLite the transaction starts as a writer.
+            async with sessionmaker() as session, session.begin():
+                return await escalate_overdue(
+                    session, policy=policy, now=now, lease_until=lease_until
+                )
+
+        done: Escalation = await self._writes(escalating)
+        for m in done.missed:
             metrics.SLA_MISSED.labels(m.rule).inc()
-        rows = [r.row for r in escalated]
+        rows = [r.row for r in done.routed]
         for r in rows:
             metrics.DECISIONS.labels(r["type"], r["rule"], r["team"]).inc()
-        log.info(
-            "SLA missed: %d decisions escalated",
-            len(rows),
-            extra={"decision_ids": [r["id"] for r in rows], "missed_ids": [m.id for m in missed]},
-        )
-        if outbox.claimed or outbox.waiting:
-            self._dispatcher.submit(outbox.claimed, waiting=outbox.waiting)
+        if rows:
+            log.info(
+                "SLA missed: %d decisions escalated",
+                len(rows),
+                extra={
+                    "decision_ids": [r["id"] for r in rows],
+                    "missed_ids": [m.id for m in done.missed],
+                },
+            )
+        if done.outbox.claimed or done.outbox.waiting:
+            self._dispatcher.submit(done.outbox.claimed, waiting=done.outbox.waiting)
         return rows

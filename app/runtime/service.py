@@ -29,7 +29,9 @@ from app.db.migrate import upgrade
 from app.db.wal import Checkpointer
 from app.delivery.destinations import DestinationCache
 from app.delivery.dispatcher import Dispatcher
+from app.delivery.send import Sender
 from app.delivery.ssrf import SsrfGuard
+from app.delivery.transition import Retry
 from app.errors import Unavailable
 from app.events import Event, EventStatus
 from app.ingest.kafka import KafkaIngest, KafkaProducerIngest, ensure_topics
@@ -74,6 +76,8 @@ class Runtime:
         self.keys = KeyStore(self.sessionmaker)
         self.destinations = DestinationCache(self.sessionmaker)
         self.guard = SsrfGuard(settings.delivery_allowed_hosts)
+        # Signs, pins and sends webhooks: the dispatcher's, and the API's test sends.
+        self.sender = Sender(self.guard, self.clock, timeout=settings.delivery_timeout_seconds)
         self.policy: CompiledPolicy | None = None
         self.dispatcher: Dispatcher | None = None
         self.sla: SlaTimer | None = None  # runs with the dispatcher
@@ -127,22 +131,28 @@ class Runtime:
         if self.pipeline_loop is not None:
             self.pipeline_loop.start()
         if dispatcher:
+            # SQLite: its writes queue with the pipeline's batches for the one write lock
+            # (PostgreSQL locks rows, so there the dispatcher and the SLA timer write on
+            # their own sessions).
+            writes = (
+                self.pipeline_loop.write
+                if self.pipeline_loop is not None and self.settings.is_sqlite
+                else None
+            )
             self.dispatcher = Dispatcher(
                 self.sessionmaker,
                 self.destinations,
-                self.guard,
+                self.sender,
                 self.clock,
                 timeout=self.settings.delivery_timeout_seconds,
                 concurrency=self.settings.delivery_concurrency_per_destination,
-                lease=self.settings.delivery_lease_seconds,
-                schedule=tuple(self.settings.delivery_retry_schedule),
-                jitter=self.settings.delivery_retry_jitter,
+                retry=Retry(
+                    schedule=tuple(self.settings.delivery_retry_schedule),
+                    jitter=self.settings.delivery_retry_jitter,
+                    lease=self.settings.delivery_lease_seconds,
+                ),
                 disable_after=self.settings.delivery_disable_after_seconds,
-                # SQLite: its records queue with the pipeline's batches for the one write
-                # lock (PostgreSQL locks rows, so there the dispatcher writes on its own).
-                writes=self.pipeline_loop.write
-                if self.pipeline_loop is not None and self.settings.is_sqlite
-                else None,
+                writes=writes,
             )
             self.dispatcher.start()
             self.sla = SlaTimer(
@@ -150,6 +160,7 @@ class Runtime:
                 self.clock,
                 policy=lambda: self.policy,
                 dispatcher=self.dispatcher,
+                writes=writes,
             )
             self.sla.start()
         self.batcher.start()
@@ -191,6 +202,7 @@ class Runtime:
             await self.sla.stop()
         if self.dispatcher is not None:
             await self.dispatcher.stop()  # before the loop its last records are written on
+        await self.sender.aclose()
         if self.pipeline_loop is not None:
             await self.pipeline_loop.stop()
         if self.checkpointer is not None:
