@@ -109,6 +109,5 @@ def create_app(
     install_openapi(
         app,
         [router for router, _ in ROUTERS],
-        extra_schemas=[destinations.DestinationIn, destinations.DestinationPatch],
     )
     return app

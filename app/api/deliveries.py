@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from app.api.body import body_model
+from app.api.body import BODY_ERRORS, RequestBody
 from app.api.deps import RuntimeDep, SessionDep, after_commit
 from app.api.read import ERRORS
 from app.auth import AdminKey
@@ -18,7 +18,6 @@ from app.errors import InvalidInput, error_responses
 
 router = APIRouter()
 # Routes that read a body also answer 400 (not JSON/YAML) and 413 (too large).
-BODY_ERRORS = {**ERRORS, **error_responses(400, 413)}
 
 
 class Redelivered(BaseModel):
@@ -62,18 +61,15 @@ class Redriven(BaseModel):
     response_model=Redriven,
     status_code=202,
     responses={**BODY_ERRORS, **error_responses(409)},
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": RedriveIn.model_json_schema()}},
-        }
-    },
 )
 async def redrive_destination(
-    destination_id: str, request: Request, key: AdminKey, session: SessionDep, runtime: RuntimeDep
+    destination_id: str,
+    key: AdminKey,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    body: Annotated[RedriveIn, RequestBody(RedriveIn)],
 ) -> Redriven:
-    await destination_row(session, destination_id)  # a 404 before the body's 422
-    body: RedriveIn = await body_model(request, RedriveIn)
+    await destination_row(session, destination_id)  # an unknown destination is a 404
     since = body.since.timestamp()
     until = body.until.timestamp() if body.until is not None else None
     if until is not None and until <= since:

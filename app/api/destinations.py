@@ -6,14 +6,14 @@ delivery state) and shapes the answer; the request's transaction commits when it
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Row
 
-from app.api.body import body_model
+from app.api.body import BODY_ERRORS, RequestBody
 from app.api.deps import RuntimeDep, SessionDep, after_commit
 from app.api.read import ERRORS
 from app.auth import AdminKey
@@ -24,7 +24,6 @@ from app.errors import error_responses
 
 router = APIRouter()
 # Routes that read a body also answer 400 (not JSON/YAML) and 413 (too large).
-BODY_ERRORS = {**ERRORS, **error_responses(400, 413)}
 
 
 class DestinationFilter(BaseModel):
@@ -113,19 +112,13 @@ def _filter(f: DestinationFilter | None) -> dict[str, list[str]] | None:
     summary="Add a webhook destination; its signing secret is shown once",
     response_model=DestinationView,
     responses={**BODY_ERRORS, **error_responses(409)},
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/DestinationIn"}}
-            },
-        }
-    },
 )
 async def create_destination(
-    request: Request, key: AdminKey, session: SessionDep, runtime: RuntimeDep
+    key: AdminKey,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    body: Annotated[DestinationIn, RequestBody(DestinationIn)],
 ) -> DestinationView:
-    body: DestinationIn = await body_model(request, DestinationIn)
     spec = lifecycle.DestinationSpec(body.name, body.url, body.format, _filter(body.filter))
     row, secret = await lifecycle.create_destination(
         session, spec, enabled=body.enabled, guard=runtime.guard, now=runtime.clock.now()
@@ -164,20 +157,15 @@ async def get_destination(
     summary="Change a destination's name, url, format, filter or enabled flag",
     response_model=DestinationView,
     responses=BODY_ERRORS,
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/DestinationPatch"}}
-            },
-        }
-    },
 )
 async def update_destination(
-    destination_id: str, request: Request, key: AdminKey, session: SessionDep, runtime: RuntimeDep
+    destination_id: str,
+    key: AdminKey,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    body: Annotated[DestinationPatch, RequestBody(DestinationPatch)],
 ) -> DestinationView:
-    await destination_row(session, destination_id)  # a 404 before the body's 422
-    body: DestinationPatch = await body_model(request, DestinationPatch)
+    await destination_row(session, destination_id)  # an unknown destination is a 404
     spec = lifecycle.DestinationSpec(body.name, body.url, body.format, _filter(body.filter))
     row, resumed = await lifecycle.update_destination(
         session,
@@ -259,20 +247,17 @@ class RotateSecretIn(BaseModel):
     summary="Replace the signing secret (shown once); the old one keeps signing for a while",
     response_model=DestinationView,
     responses=BODY_ERRORS,
-    openapi_extra={
-        "requestBody": {
-            "required": False,
-            "content": {"application/json": {"schema": RotateSecretIn.model_json_schema()}},
-        }
-    },
 )
 async def rotate_destination_secret(
-    destination_id: str, request: Request, key: AdminKey, session: SessionDep, runtime: RuntimeDep
+    destination_id: str,
+    key: AdminKey,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    body: Annotated[RotateSecretIn, RequestBody(RotateSecretIn, optional=True)],
 ) -> DestinationView:
     """During the overlap each webhook carries both signatures, so receivers can switch to
     the new secret at their own pace. Rotating again drops the older previous secret."""
-    await destination_row(session, destination_id)  # a 404 before the body's 422
-    body: RotateSecretIn = await body_model(request, RotateSecretIn, optional=True)
+    await destination_row(session, destination_id)  # an unknown destination is a 404
     row, secret = await lifecycle.rotate_secret(
         session, destination_id, overlap=body.overlap_seconds, now=runtime.clock.now()
     )
