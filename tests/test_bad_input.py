@@ -15,17 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.auth import create_key
 from app.clock import FakeClock
 from tests.support.harness import Service, event, ts
+from tests.support.scenarios import new_key
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-async def new_key(svc: Service, name: str, scopes: list[str]) -> str:
-    async with svc.runtime.sessionmaker() as s, s.begin():
-        _, key = await create_key(s, name=name, scopes=scopes, now=svc.runtime.clock.now())
-    return key
 
 
 @pytest.fixture

@@ -38,7 +38,14 @@ from tests.support.harness import (
     serve,
     service,
 )
-from tests.support.scenarios import ACME, hot_events, route_warm_leads, setup_crm
+from tests.support.scenarios import (
+    ACME,
+    decision_ids,
+    hot_events,
+    route_warm_leads,
+    settled_delivery,
+    setup_crm,
+)
 
 
 @dataclass
@@ -65,22 +72,6 @@ async def endpoint(
     async with serve(app) as url:
         ep.url = url
         yield ep
-
-
-async def decision_ids(svc: Service) -> list[str]:
-    r = await svc.client.get("/v1/decisions")
-    assert r.status_code == 200, r.text
-    return [d["id"] for d in r.json()["decisions"]]
-
-
-async def settled_delivery(svc: Service, decision_id: str, status: str) -> dict[str, Any]:
-    async def check() -> dict[str, Any] | None:
-        r = await svc.client.get(f"/v1/decisions/{decision_id}")
-        [d] = r.json()["deliveries"]
-        return d if d["status"] == status else None
-
-    got: dict[str, Any] = await eventually(check)
-    return got
 
 
 def disabled_count(reason: str) -> float:

@@ -3,32 +3,11 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 from app.auth import create_key
 from app.clock import FakeClock
-from tests.support.harness import Receiver, Service, eventually
-from tests.support.scenarios import ACME, hot_events, setup_crm
-
-
-async def routed(svc: Service, hook: Receiver, clock: FakeClock, email: str) -> str:
-    """Make ``email`` a hot tier-1 lead; the id of its decision."""
-    r = await svc.client.post(
-        "/v1/events", json={"events": hot_events(email.split("@")[0], clock.now(), email)}
-    )
-    assert r.status_code == 202, r.text
-
-    async def decision() -> str | None:
-        body = (await svc.client.get(f"/v1/leads/{email}")).json()
-        ids = [d["id"] for d in body["decisions"] if d["type"] == "lead.routed"]
-        return ids[0] if ids else None
-
-    found: str = await eventually(decision)
-    return found
-
-
-async def feedback(svc: Service, ref: str, body: dict[str, Any], **headers: str) -> Any:
-    return await svc.client.post(f"/v1/decisions/{ref}/feedback", json=body, headers=headers)
+from tests.support.harness import Receiver, Service
+from tests.support.scenarios import ACME, feedback, hot_events, routed, setup_crm
 
 
 async def test_dispositions_are_recorded_idempotently_and_shown_on_decision_and_lead(
