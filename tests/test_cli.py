@@ -119,8 +119,16 @@ def test_version_and_shell_completion(tmp_path: Path) -> None:
 
     r = run(tmp_path, "--version")
     assert r.returncode == 0 and r.stdout == f"intent-router {version('intent-router')}\n"
-    script = run(tmp_path, "--show-completion", "bash")
-    assert script.returncode == 0 and "_INTENT_ROUTER_COMPLETE" in script.stdout
+    # typer finds the user's shell from the parent process: run it from bash, as a user
+    # would (under make or CI the parent is sh, which typer has no completion for).
+    script = subprocess.run(
+        ["bash", "-c", f"{CLI} --show-completion; exit $?"],  # two commands: bash stays
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert script.returncode == 0 and "_INTENT_ROUTER_COMPLETE" in script.stdout, script.stderr
     # what that script asks the program when <TAB> is pressed after "intent-router policy "
     env = {
         **os.environ,
