@@ -122,7 +122,7 @@ def test_version_and_shell_completion(tmp_path: Path) -> None:
     # typer finds the user's shell from the parent process: run it from bash, as a user
     # would (under make or CI the parent is sh, which typer has no completion for).
     script = subprocess.run(
-        ["bash", "-c", f"{CLI} --show-completion; exit $?"],  # two commands: bash stays
+        ["bash", "-c", f"{CLI} --show-completion; exit $?"],  # not exec'd: bash stays the parent
         capture_output=True,
         text=True,
         timeout=60,
