@@ -89,7 +89,7 @@ async def process(
 ) -> BatchResult:
     """Apply a batch of validated events; statuses come back in the batch's order."""
     timer = _StageTimer()
-    statuses, fresh = await _ingest(session, batch, policy, now)
+    statuses, fresh = await _ingest(session, batch, policy)
     timer.lap("ingest")
     if not fresh:
         return BatchResult(statuses)
@@ -139,7 +139,7 @@ def _identify_and_score(
 
 
 async def _ingest(
-    session: AsyncSession, batch: list[Event], policy: CompiledPolicy, now: float
+    session: AsyncSession, batch: list[Event], policy: CompiledPolicy
 ) -> tuple[list[EventStatus], list[Event]]:
     """Keep only never-seen event ids (the adapters checked the events against the policy)."""
     statuses: list[EventStatus] = []

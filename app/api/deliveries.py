@@ -69,7 +69,9 @@ async def redrive_destination(
     runtime: RuntimeDep,
     body: Annotated[RedriveIn, RequestBody(RedriveIn)],
 ) -> Redriven:
-    await destination_row(session, destination_id)  # an unknown destination is a 404
+    # An unknown destination is a 404 before the range is checked (lifecycle would say so
+    # only after).
+    await destination_row(session, destination_id)
     since = body.since.timestamp()
     until = body.until.timestamp() if body.until is not None else None
     if until is not None and until <= since:

@@ -165,7 +165,6 @@ async def update_destination(
     runtime: RuntimeDep,
     body: Annotated[DestinationPatch, RequestBody(DestinationPatch)],
 ) -> DestinationView:
-    await destination_row(session, destination_id)  # an unknown destination is a 404
     spec = lifecycle.DestinationSpec(body.name, body.url, body.format, _filter(body.filter))
     row, resumed = await lifecycle.update_destination(
         session,
@@ -257,7 +256,6 @@ async def rotate_destination_secret(
 ) -> DestinationView:
     """During the overlap each webhook carries both signatures, so receivers can switch to
     the new secret at their own pace. Rotating again drops the older previous secret."""
-    await destination_row(session, destination_id)  # an unknown destination is a 404
     row, secret = await lifecycle.rotate_secret(
         session, destination_id, overlap=body.overlap_seconds, now=runtime.clock.now()
     )

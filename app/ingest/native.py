@@ -30,10 +30,10 @@ def _rejection(event_id: Any, field: str, code: str, message: str) -> EventStatu
 
 def validate_batch(
     items: list[Any], policy: CompiledPolicy, received_at: float, transport: str = "http"
-) -> tuple[list[Event], list[EventStatus | None]]:
+) -> tuple[list[Event], Slots]:
     """Validate each item; returns the valid events and, per position, a rejection or None."""
     events: list[Event] = []
-    slots: list[EventStatus | None] = []
+    slots: Slots = []
     # The batch in one call with the fast forms; what they do not cover (rejections,
     # values that need a Python normaliser) is validated one by one, as it always was.
     fast = fast_events(items, received_at=received_at, transport=transport)
