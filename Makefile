@@ -24,6 +24,7 @@ test: $(STAMP)
 	$(BIN)/ruff check app tests bench migrations tools
 	$(BIN)/mypy app
 	$(BIN)/python tools/check_imports.py
+	deploy/clients.sh
 	deploy/services.sh up >/dev/null
 	. .services/env && trap 'deploy/services.sh down' EXIT && \
 	  env -u INTENT_DATABASE_URL -u INTENT_KAFKA_BOOTSTRAP \
