@@ -1,18 +1,18 @@
 """Kafka: HTTP ingest produces to the events topic; consumers run the same pipeline.
 
 Consumer loop (one per process, partitions assigned by the group):
-``getmany`` → decode/validate each record (poison → ``<topic>.dlq`` with the error in
-headers) → one pipeline transaction for the valid events → commit the offsets. Offsets
-are committed only after the transaction; a failed transaction seeks back and retries
-the same records, and ``event_id`` idempotency makes a redelivery count once. Nothing is
-cached per partition, and each batch is committed before the next poll, so a rebalance
-never strands or duplicates work.
+``getmany`` → decode/validate each record (native JSON, or a CloudEvent in either mode:
+``app.ingest.cloudevents``; poison → ``<topic>.dlq``, the record as it came with the error
+in headers added) → one pipeline transaction for the valid events → commit the offsets.
+Offsets are committed only after the transaction; a failed transaction seeks back and
+retries the same records, and ``event_id`` idempotency makes a redelivery count once.
+Nothing is cached per partition, and each batch is committed before the next poll, so a
+rebalance never strands or duplicates work.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from app.clock import Clock
 from app.errors import first_error
 from app.events import Event, EventStatus, email_domain
+from app.ingest.cloudevents import Mode, Poison, content_mode, read_cloudevent
 from app.ingest.schemas import EVENT_ADAPTER, check_event, to_event
 from app.observability import metrics
 from app.policy.schema import CompiledPolicy
@@ -39,14 +40,6 @@ RECEIVED_AT = "received-at"
 FOLLOW_UP_MS = 5
 
 
-class Poison(Exception):
-    def __init__(self, stage: str, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.stage = stage
-        self.message = message
-        self.field = field
-
-
 def partition_key(ev: Event, free_mail: frozenset[str]) -> bytes:
     """All events of one account land on one partition: its domain, else the lead's key."""
     domain = email_domain(ev.email)
@@ -57,39 +50,32 @@ def partition_key(ev: Event, free_mail: frozenset[str]) -> bytes:
     return ev.identifiers()[0].encode()
 
 
-def unwrap(value: bytes | None, headers: dict[str, bytes]) -> Any:
-    """The native event dict, from a plain message or a CloudEvents structured envelope."""
-    if value is None:
-        raise Poison("decode", "empty message")
-    try:
-        obj = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        raise Poison("decode", f"not valid JSON: {exc}") from None
+def unwrap(
+    value: bytes | None,
+    headers: dict[str, bytes],
+    *,
+    policy: CompiledPolicy,
+    received_at: float,
+) -> tuple[Any, str | None]:
+    """The native event dict from a plain message or a CloudEvent (structured or binary),
+    and for a CloudEvent the JSON to store: its structured form."""
+    mode: Mode | None = content_mode(headers)
+    obj: Any = None
+    if mode is None:
+        if value is None:
+            raise Poison("decode", "empty message")
+        try:
+            obj = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            raise Poison("decode", f"not valid JSON: {exc}") from None
+        if isinstance(obj, dict) and "specversion" in obj:
+            mode = "structured"
     version = headers.get("schema-version", b"1").decode(errors="replace")
-    if isinstance(obj, dict) and "specversion" in obj:
-        if obj["specversion"] != "1.0":
-            raise Poison(
-                "version",
-                f'unsupported CloudEvents specversion "{obj["specversion"]}"',
-                "specversion",
-            )
-        ctype = obj.get("datacontenttype", "application/json")
-        if "json" not in str(ctype):
-            raise Poison("decode", f'unsupported datacontenttype "{ctype}"', "datacontenttype")
-        if "data" in obj:
-            obj = obj["data"]
-        elif "data_base64" in obj:
-            try:
-                obj = orjson.loads(base64.b64decode(obj["data_base64"]))
-            except (ValueError, orjson.JSONDecodeError) as exc:
-                raise Poison(
-                    "decode", f"data_base64 is not base64 JSON: {exc}", "data_base64"
-                ) from None
-        else:
-            raise Poison("decode", "the CloudEvent has no data", "data")
     if version not in SCHEMA_VERSIONS:
         raise Poison("version", f'unknown schema-version "{version}"', "schema-version")
-    return obj
+    if mode is None:
+        return obj, None
+    return read_cloudevent(value or b"", headers, mode, policy=policy, received_at=received_at)
 
 
 ProcessFn = Callable[[list[Event]], Awaitable[list[EventStatus]]]
@@ -227,9 +213,10 @@ class KafkaIngest:
         received = headers.get(RECEIVED_AT)
         received_at = float(received) if received else rec.timestamp / 1000
         version = headers.get("schema-version", b"1").decode(errors="replace")
-        if version in SCHEMA_VERSIONS and rec.value:
+        if version in SCHEMA_VERSIONS and rec.value and content_mode(headers) is None:
             # Fast path: a native event parsed and validated in one step from its bytes,
-            # which are stored as received. CloudEvents and errors take the slow path.
+            # which are stored as received. CloudEvents (told by a header, or else by
+            # failing here) and errors take the slow path.
             try:
                 parsed = EVENT_ADAPTER.validate_json(rec.value)
             except ValidationError:
@@ -245,7 +232,7 @@ class KafkaIngest:
                 if bad is not None:
                     raise Poison("policy", bad.message or "rejected", bad.field)
                 return ev
-        raw = unwrap(rec.value, headers)
+        raw, stored = unwrap(rec.value, headers, policy=policy, received_at=received_at)
         try:
             parsed = EVENT_ADAPTER.validate_python(raw)
         except ValidationError as exc:
@@ -255,7 +242,8 @@ class KafkaIngest:
             parsed,
             received_at=received_at,
             transport="kafka",
-            raw=raw if isinstance(raw, dict) else None,
+            raw=raw if stored is None and isinstance(raw, dict) else None,
+            raw_json=stored,
         )
         bad = check_event(ev, policy, now)
         if bad is not None:
@@ -265,7 +253,11 @@ class KafkaIngest:
     async def _dead_letter(self, rec: ConsumerRecord[Any, Any], p: Poison) -> None:
         assert self.dlq is not None
         metrics.EVENTS_REJECTED.labels("kafka", p.stage).inc()
+        # The record as it came, every header kept (a binary CloudEvent's attributes are
+        # its ce_ headers), ours after them: a reader taking a name's last value sees this
+        # failure even on a record dead-lettered before.
         headers = [
+            *(rec.headers or ()),
             ("error", p.message.encode()[:2000]),
             ("error-stage", p.stage.encode()),
             ("error-field", (p.field or "").encode()),
