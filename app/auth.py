@@ -114,6 +114,12 @@ def _credential(request: Request, *, basic: bool) -> str | None:
     return None
 
 
+def credential(request: Request) -> str | None:
+    """The key a request carries: a bearer token, or the user name of Basic auth (how
+    Segment's SDKs send their write key)."""
+    return _credential(request, basic=True)
+
+
 async def authenticate(request: Request, scope: str, *, basic: bool = False) -> ApiKey:
     key = _credential(request, basic=basic)
     if key is None:
@@ -121,6 +127,11 @@ async def authenticate(request: Request, scope: str, *, basic: bool = False) -> 
             " or Basic auth with the key as user name" if basic else ""
         )
         raise Unauthenticated(f"an API key is required ({how})", field="authorization")
+    return await check_key(request, key, scope)
+
+
+async def check_key(request: Request, key: str, scope: str) -> ApiKey:
+    """The API key ``key``, refused unless known, not revoked and holding ``scope``."""
     store: KeyStore = request.app.state.runtime.keys
     found = await store.lookup(key)
     if found is None:

@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     # through leases). With SQLite, keep 1: one writer is fastest.
     workers: int = Field(default=1, ge=1, le=64)
     bootstrap_admin_key: bool = True
+    # How browsers and platforms reach this service (e.g. https://intent.example.com): the
+    # hook URLs shown for sources and the apiHost of the settings Segment's browser SDK
+    # loads. Unset: taken from each request's Host header.
+    public_url: str | None = Field(default=None, pattern=r"^https?://[^/?#\s]+$")
 
     @field_validator("database_url")
     @classmethod

@@ -11,16 +11,19 @@ from fastapi import APIRouter, FastAPI
 
 from app.api import (
     accounts,
+    browser,
     decisions,
     deliveries,
     destinations,
     events,
     feedback,
     health,
+    hooks,
     policy,
     read,
     reports,
     segment,
+    sources,
 )
 from app.api.errors import install_error_handlers
 from app.api.openapi import install_openapi
@@ -36,6 +39,9 @@ log = logging.getLogger("app")
 ROUTERS: list[tuple[APIRouter, str]] = [
     (events.router, "ingest"),
     (segment.router, "ingest"),
+    (browser.router, "ingest"),
+    (hooks.router, "ingest"),
+    (sources.router, "admin"),
     (read.router, "read"),
     (decisions.router, "read"),
     (policy.router, "admin"),
@@ -101,6 +107,7 @@ def create_app(
 
     install_error_handlers(app)
     app.add_middleware(events.FastIngest)
+    app.add_middleware(browser.BrowserCors)  # the browser SDK's paths only
     app.add_middleware(RequestLog)  # outermost: every request gets an id and a log line
     for router, tag in ROUTERS:
         app.include_router(router, tags=[tag])

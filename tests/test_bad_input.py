@@ -111,7 +111,7 @@ async def test_non_object_body_is_422(svc: Service, body: Any) -> None:
         ({"event_id": ""}, "event_id"),
         ({"event_id": "x" * 201}, "event_id"),
         ({"type": "Pricing Page View"}, "type"),
-        ({"source": None}, "source"),
+        ({"source": ["web"]}, "source"),
         ({"properties": ["url", "/pricing"]}, "properties"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
@@ -152,7 +152,8 @@ async def test_unknown_field_beside_events(svc: Service, clock: FakeClock) -> No
     assert err["field"] == "batch_id"
 
 
-@pytest.mark.parametrize("missing", ["event_id", "type", "occurred_at", "source", "lead"])
+# Without a source an event takes the key's name (tests/test_sources.py).
+@pytest.mark.parametrize("missing", ["event_id", "type", "occurred_at", "lead"])
 async def test_missing_required_field(svc: Service, clock: FakeClock, missing: str) -> None:
     body = good(clock)
     del body[missing]
@@ -374,7 +375,6 @@ async def test_missing_credentials_are_401(
         ("PUT", "/v1/policy"),
         ("PUT", "/v1/accounts"),
         ("POST", "/v1/decisions/dec_x/feedback"),
-        ("POST", "/segment/v1/batch"),
     ],
 )
 async def test_the_key_is_checked_before_the_body_is_read(
@@ -383,6 +383,15 @@ async def test_the_key_is_checked_before_the_body_is_read(
     # The body is a typed parameter read by a dependency: the key's comes first.
     r = await anon.request(method, path, content=b"{oops", headers={"content-type": "text/csv"})
     assert error(r, 401, "unauthenticated")["field"] == "authorization"
+
+
+async def test_segment_reads_the_body_for_its_write_key(anon: httpx.AsyncClient) -> None:
+    """The browser SDK sends its write key in the body, so a Segment route reads the body
+    first: a body without any key is a 401 naming writeKey, a body that is not JSON a 400."""
+    r = await anon.post("/v1/batch", json={"batch": []})
+    assert error(r, 401, "unauthenticated")["field"] == "writeKey"
+    r = await anon.post("/v1/batch", content=b"{oops")
+    assert error(r, 400, "malformed_json")["field"] == "body"
 
 
 async def test_gzip_bodies_are_read_on_every_body_route(svc: Service) -> None:

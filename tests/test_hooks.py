@@ -290,7 +290,6 @@ def test_calendly_booking_maps_to_meeting_booked() -> None:
         "event_name": "30 Minute Demo",
         "start_time": "2026-03-04T15:00:00.000000Z",
         "scheduled_event": "https://api.calendly.com/scheduled_events/GBGBDCAADAEDCRZ2",
-        "rescheduled": False,
         "utm_campaign": "spring-demo",
         "utm_source": "linkedin",
         "utm_medium": "paid",
@@ -351,6 +350,17 @@ def test_calendly_cancellation_is_ignored_naming_the_event() -> None:
     assert (m.outcome, m.event) == ("ignored", None)
     assert m.reason is not None and "invitee.canceled" in m.reason
     assert m.message_id == CALENDLY_BOOKING["payload"]["uri"]
+
+
+def test_calendly_reschedule_is_the_booking_already_counted() -> None:
+    """Calendly sends invitee.canceled (rescheduled) then a new invitee.created naming the
+    old invitee: the new one scores nothing, the booking counted once already."""
+    moved = copy.deepcopy(CALENDLY_BOOKING)
+    old = moved["payload"]["uri"]
+    moved["payload"].update(uri=old + "-2", old_invitee=old)
+    m = one(hooks.to_native(source("calendly"), moved, RECEIVED))
+    assert (m.outcome, m.event) == ("ignored", None)
+    assert m.reason is not None and "old_invitee" in m.reason
 
 
 def test_calendly_booking_without_email_is_rejected() -> None:

@@ -55,6 +55,9 @@ def test_default_signals_follow_the_product_table(policy: CompiledPolicy) -> Non
         "email_click": SignalSpec(5, 5 * DAY),
         "email_open": SignalSpec(5, 5 * DAY),
         "careers_page_view": SignalSpec(-10, 30 * DAY),
+        "form_submission": SignalSpec(15, 10 * DAY),
+        "meeting_booked": SignalSpec(20, 14 * DAY),
+        "chat_message": SignalSpec(10, 7 * DAY),
     }
     assert policy.fit_max == 50
     assert policy.intent_max == 50

@@ -15,7 +15,7 @@ from app.api.errors import app_error_response, internal_error_response
 from app.auth import IngestKey, authenticate
 from app.errors import AppError, error_responses
 from app.events import EventStatus
-from app.ingest.native import parse_native
+from app.ingest.native import parse_native, with_source
 from app.ingest.schemas import EventBatchIn, EventIn
 from app.runtime.service import Runtime
 
@@ -91,23 +91,24 @@ async def ingest_events(
     A single event that fails validation is a 422; in a batch, each invalid event is
     reported as ``rejected`` with its field and the rest are accepted.
     """
-    return await ingest(runtime, data, runtime.clock.now())
+    return await ingest(runtime, data, runtime.clock.now(), key.name)
 
 
-async def ingest(runtime: Runtime, data: Any, received_at: float) -> Response:
-    """Events from the decoded body, ingested; the ``IngestResponse``."""
+async def ingest(runtime: Runtime, data: Any, received_at: float, key_name: str) -> Response:
+    """Events from the decoded body, ingested; the ``IngestResponse``. An event without a
+    ``source`` takes the key's name."""
     assert runtime.policy is not None
-    events, slots = parse_native(data, runtime.policy, received_at)
+    events, slots = parse_native(with_source(data, key_name), runtime.policy, received_at)
     statuses = await runtime.ingest(events) if events else []
     return _response(slots, statuses)
 
 
-async def handle_events(request: Request) -> Response:
+async def handle_events(request: Request, key_name: str) -> Response:
     """``POST /v1/events`` once the key is checked, on the fast path: the body parsed here
     by the same rules as ``EVENTS_BODY``, without the framework."""
     runtime: Runtime = request.app.state.runtime
     received_at = runtime.clock.now()
-    return await ingest(runtime, parse_json(await read_body(request)), received_at)
+    return await ingest(runtime, parse_json(await read_body(request)), received_at, key_name)
 
 
 class FastIngest:
@@ -125,8 +126,8 @@ class FastIngest:
         request = Request(scope, receive)
         response: Response
         try:
-            await authenticate(request, "ingest")
-            response = await handle_events(request)
+            key = await authenticate(request, "ingest")
+            response = await handle_events(request, key.name)
         except AppError as exc:
             response = app_error_response(exc)
         except Exception:

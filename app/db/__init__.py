@@ -19,6 +19,7 @@ from app.db.tables import (
     metadata,
     policies,
     routing_counters,
+    sources,
 )
 
 __all__ = [
@@ -41,5 +42,6 @@ __all__ = [
     "metadata",
     "policies",
     "routing_counters",
+    "sources",
     "upsert",
 ]

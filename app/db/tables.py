@@ -45,6 +45,23 @@ api_keys = Table(
     Column("revoked_at", Float),
 )
 
+# Where events come from: a Segment-compatible SDK (a write key, public by design, kept
+# as a hash) or a platform's webhook (its secret, used to verify each request).
+sources = Table(
+    "sources",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("kind", String(40), nullable=False),
+    Column("write_key_hash", String(64), unique=True),
+    Column("write_key_prefix", String(20)),
+    Column("secret", String(500)),
+    Column("allowed_origins", Text, nullable=False, default="[]"),
+    Column("signal", String(64)),
+    Column("config", Text, nullable=False, default="{}"),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
 policies = Table(
     "policies",
     metadata,

@@ -60,6 +60,16 @@ def validate_batch(
     return events, slots
 
 
+def with_source(data: Any, name: str) -> Any:
+    """The body with ``source`` set to ``name`` on each event that has none (an event's own
+    ``source`` wins): the sender's key or source names where events come from."""
+    items = data.get("events") if isinstance(data, dict) and "events" in data else [data]
+    for item in items if isinstance(items, list) else ():
+        if isinstance(item, dict) and item.get("source") is None:
+            item["source"] = name
+    return data
+
+
 def parse_native(
     data: Any, policy: CompiledPolicy, received_at: float
 ) -> tuple[list[Event], Slots]:

@@ -149,7 +149,9 @@ class EventIn(BaseModel):
     event_id: Identifier
     type: EventType
     occurred_at: datetime
-    source: Identifier
+    source: Identifier = Field(
+        description="where it came from; over HTTP it defaults to the API key's name"
+    )
     campaign: Identifier | None = None
     lead: LeadIn
     account: AccountIn | None = None

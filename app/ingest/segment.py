@@ -7,11 +7,13 @@ lead and account attributes (and stitch identities) without scoring.
 
 from __future__ import annotations
 
+import hashlib
 import re
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
+
+import orjson
 
 from app.events import MAX_EMPLOYEES
 from app.policy.schema import CompiledPolicy
@@ -33,19 +35,58 @@ def _parse_ts(value: Any) -> float | None:
     return ts.timestamp()
 
 
-def event_time(msg: dict[str, Any], received_at: float) -> float:
-    """Segment's rule: ``timestamp`` if set, else ``originalTimestamp`` corrected for the
-    sender's clock skew (``receivedAt - (sentAt - originalTimestamp)``), else arrival time."""
+def event_time(msg: dict[str, Any], received_at: float, batch_sent_at: Any = None) -> float:
+    """Segment's rule: the time the client stamped (``timestamp``, else ``originalTimestamp``)
+    corrected for the sender's clock skew, ``receivedAt - (sentAt - stamped)``, with
+    ``sentAt`` from the message or, as analytics-python sends it, from the batch; without
+    ``sentAt`` the stamp as given; without a stamp the arrival time."""
     ts = _parse_ts(msg.get("timestamp"))
     if ts is None:
-        original = _parse_ts(msg.get("originalTimestamp"))
-        sent = _parse_ts(msg.get("sentAt"))
-        if original is not None and sent is not None:
-            ts = received_at - (sent - original)
-        else:
-            ts = original
-    # Out-of-range clocks fall back to arrival time rather than failing the batch.
-    return ts if ts is not None and MIN_TIME <= ts <= received_at + 86400 * 365 else received_at
+        ts = _parse_ts(msg.get("originalTimestamp"))
+    sent = _parse_ts(msg.get("sentAt")) or _parse_ts(batch_sent_at)
+    if ts is not None and sent is not None:
+        ts = received_at - (sent - ts)
+    # A stamp before 2000 is a client without a clock: arrival time. One ahead of arrival
+    # is kept (up to a year, so it stays a date), and refused, with the reason in the
+    # source's debugger, by the validator.
+    if ts is None or ts < MIN_TIME:
+        return received_at
+    return min(ts, received_at + 86400 * 365)
+
+
+def message_id(msg: dict[str, Any]) -> str:
+    """The message's own id; without one, a digest of the message, so that a batch the SDK
+    retries is still recognised as the same events."""
+    given = msg.get("messageId")
+    if isinstance(given, str | int) and not isinstance(given, bool) and str(given):
+        return str(given)
+    digest = hashlib.sha256(orjson.dumps(msg, option=orjson.OPT_SORT_KEYS, default=str))
+    return "seg_" + digest.hexdigest()[:32]
+
+
+# context fields kept on the stored event, under these property names.
+_CONTEXT = (("ip", "ip"), ("userAgent", "user_agent"), ("locale", "locale"))
+_PAGE = (("referrer", "referrer"), ("url", "url"), ("search", "search"), ("title", "page_title"))
+_UTM = ("source", "medium", "name", "term", "content")
+
+
+def context_properties(context: dict[str, Any]) -> dict[str, Any]:
+    """The client's ip, user agent, page referrer and every UTM field (``context.campaign``;
+    ``name`` is ``utm_campaign``). ``integrations`` (which destinations Segment should
+    forward to) means nothing here and is not read."""
+    out: dict[str, Any] = {}
+    for theirs, ours in _CONTEXT:
+        if isinstance(context.get(theirs), str):
+            out[ours] = context[theirs][:1000]
+    page = _dict(context.get("page"))
+    for theirs, ours in _PAGE:
+        if isinstance(page.get(theirs), str) and page[theirs]:
+            out[ours] = page[theirs][:2000]
+    campaign = _dict(context.get("campaign"))
+    for key in _UTM:
+        if isinstance(campaign.get(key), str) and campaign[key]:
+            out["utm_campaign" if key == "name" else f"utm_{key}"] = campaign[key][:300]
+    return out
 
 
 def _dict(v: Any) -> dict[str, Any]:
@@ -142,15 +183,18 @@ def to_native(
     policy: CompiledPolicy,
     source: str,
     received_at: float,
+    batch_sent_at: Any = None,
 ) -> dict[str, Any]:
-    """One Segment message as a native event dict (validated by the caller)."""
+    """One Segment message as a native event dict (validated by the caller). Its source is
+    the sender's (the registered source, or the API key's name); UTM fields are kept as
+    properties."""
     msg_type = str(msg.get("type") or kind or "")
     context = _dict(msg.get("context"))
     traits = {**_dict(context.get("traits")), **_dict(msg.get("traits"))}
     props = _dict(msg.get("properties"))
     campaign = _dict(context.get("campaign"))
     event_type = "identify"
-    properties: dict[str, Any] = {"segment_type": msg_type}
+    properties: dict[str, Any] = {"segment_type": msg_type, **context_properties(context)}
     account = None
     if msg_type == "track":
         name = str(msg.get("event") or "")
@@ -196,17 +240,17 @@ def to_native(
     }
     if extra and msg_type == "identify":
         lead["traits"] = extra
-    occurred = event_time(msg, received_at)
+    occurred = event_time(msg, received_at, batch_sent_at)
     out: dict[str, Any] = {
-        "event_id": str(msg.get("messageId") or f"seg_{uuid.uuid4().hex}"),
+        "event_id": message_id(msg),
         "type": event_type,
         "occurred_at": datetime.fromtimestamp(occurred, UTC).isoformat(),
-        "source": str(campaign.get("source") or source),
+        "source": source,
         "lead": lead,
         "properties": properties,
     }
-    if isinstance(campaign.get("name"), str):
-        out["campaign"] = campaign["name"]
+    if isinstance(campaign.get("name"), str) and campaign["name"].strip():
+        out["campaign"] = campaign["name"][:200]
     if account is not None:
         out["account"] = account
     return out

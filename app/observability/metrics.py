@@ -15,6 +15,12 @@ EVENTS_DUPLICATE = Counter(
 EVENTS_REJECTED = Counter(
     "intent_events_rejected_total", "Events refused, by reason", ["transport", "code"]
 )
+MESSAGES_NOT_STORED = Counter(
+    "intent_source_messages_not_stored_total",
+    "Messages from Segment SDKs and platform webhooks that were not stored, by outcome "
+    "(ignored, rejected) and reason; each is also in its source's debugger",
+    ["transport", "outcome", "code"],
+)
 BATCH_SECONDS = Histogram(
     "intent_pipeline_batch_seconds", "Time to apply and commit one batch", buckets=LATENCY_BUCKETS
 )

@@ -41,6 +41,7 @@ from app.policy.store import active_policy, ensure_default
 from app.routing.sla import SlaTimer
 from app.runtime.batcher import Batcher
 from app.runtime.loop_thread import LoopThread
+from app.sources import Debugger, SourceStore
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,8 @@ class Runtime:
         self.sessionmaker: async_sessionmaker[AsyncSession] = make_sessionmaker(self.engine)
         self.keys = KeyStore(self.sessionmaker)
         self.destinations = DestinationCache(self.sessionmaker)
+        self.sources = SourceStore(self.sessionmaker)
+        self.debugger = Debugger()  # each source's recent messages and their outcomes
         self.guard = SsrfGuard(settings.delivery_allowed_hosts)
         # Signs, pins and sends webhooks: the dispatcher's, and the API's test sends.
         self.sender = Sender(self.guard, self.clock, timeout=settings.delivery_timeout_seconds)

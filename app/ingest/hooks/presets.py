@@ -108,6 +108,9 @@ def calendly(source: HookSource, payload: dict[str, Any], received_at: float) ->
         return ignored(uri, f'Calendly event "{kind}" is not a booking (event)')
     if not uri:
         return rejected("", "no payload.uri (the invitee) in the body")
+    if invitee.get("old_invitee"):
+        # A reschedule is the booking scored when it was first made, not a new one.
+        return ignored(uri, "a reschedule (payload.old_invitee): the booking already counted")
     person = Person()
     person.offer("email", invitee.get("email"))
     person.offer("first_name", invitee.get("first_name"))
@@ -131,8 +134,6 @@ def calendly(source: HookSource, payload: dict[str, Any], received_at: float) ->
         "event_name": scheduled.get("name"),
         "start_time": scheduled.get("start_time"),
         "scheduled_event": scheduled.get("uri"),
-        "rescheduled": invitee.get("rescheduled"),
-        "rescheduled_from": invitee.get("old_invitee"),
         **_utm(tracking),
     }
     event = native_event(
