@@ -68,6 +68,22 @@ class Settings(BaseSettings):
     # hook URLs shown for sources and the apiHost of the settings Segment's browser SDK
     # loads. Unset: taken from each request's Host header.
     public_url: str | None = Field(default=None, pattern=r"^https?://[^/?#\s]+$")
+    # Governance (README, "Security and data protection").
+    # Quotas: a token bucket per API key and per source, in events per second, with a burst;
+    # a key or source may override both.
+    rate_limit_events_per_second: float = Field(default=1000.0, gt=0)
+    rate_limit_burst: int = Field(default=5000, ge=1)
+    # Raw events are deleted after this many days (scores keep: accumulators need no
+    # history); duplicates are then recognised within this window only. 0: keep forever.
+    event_retention_days: float = Field(default=365.0, ge=0)
+    delivery_response_retention_days: float = Field(default=30.0, ge=0)
+    # Fernet key(s) for secrets at rest, comma-separated, newest first (MultiFernet): the
+    # first encrypts, all decrypt. Unset: the embedded default keeps one in ./.data/.
+    secret_key: str | None = Field(default=None, repr=False)
+    # When set, /metrics needs `Authorization: Bearer <token>`.
+    metrics_token: str | None = Field(default=None, repr=False)
+    # A request body that has not arrived in full by then is refused and the connection closed.
+    body_timeout_seconds: float = Field(default=30.0, gt=0)
 
     @field_validator("database_url")
     @classmethod

@@ -20,6 +20,7 @@ from app.db.tables import (
     policies,
     routing_counters,
     sources,
+    suppressions,
 )
 
 __all__ = [
@@ -43,5 +44,6 @@ __all__ = [
     "policies",
     "routing_counters",
     "sources",
+    "suppressions",
     "upsert",
 ]

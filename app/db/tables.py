@@ -43,6 +43,20 @@ api_keys = Table(
     Column("scopes", String(200), nullable=False),
     Column("created_at", Float, nullable=False),
     Column("revoked_at", Float),
+    Column("expires_at", Float),
+    Column("last_used_at", Float),
+    # Per-key quota (events per second and burst); None: the INTENT_RATE_LIMIT_* defaults.
+    Column("rate_limit", Float),
+    Column("rate_burst", Integer),
+)
+
+# Erased people who asked not to be processed again: a keyed hash of each identifier
+# (never the identifier itself); events for them are dropped and counted.
+suppressions = Table(
+    "suppressions",
+    metadata,
+    Column("identifier_hash", String(64), primary_key=True),
+    Column("created_at", Float, nullable=False),
 )
 
 # Where events come from: a Segment-compatible SDK (a write key, public by design, kept
@@ -60,6 +74,8 @@ sources = Table(
     Column("config", Text, nullable=False, default="{}"),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    Column("rate_limit", Float),
+    Column("rate_burst", Integer),
 )
 
 policies = Table(
@@ -192,7 +208,7 @@ destinations = Table(
     Column("id", String(40), primary_key=True),
     Column("name", String(200), nullable=False, unique=True),
     Column("url", Text, nullable=False),
-    Column("secret", String(200), nullable=False),
+    Column("secret", String(500), nullable=False),  # encrypted at rest
     Column("enabled", Boolean, nullable=False, default=True),
     Column("format", String(20), nullable=False, default="json"),
     Column("filter", Text, nullable=False, default="{}"),
@@ -202,7 +218,7 @@ destinations = Table(
     Column("disabled_reason", String(200)),
     Column("disabled_at", Float),
     # The secret before the last rotation, still signed with until it expires.
-    Column("previous_secret", String(200)),
+    Column("previous_secret", String(500)),
     Column("previous_secret_expires_at", Float),
     # Start of the current run of failed attempts (no success since); None when healthy.
     Column("failing_since", Float),
