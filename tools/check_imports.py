@@ -42,7 +42,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("scoring", ("app.scoring",)),
     ("policy", ("app.policy",)),
     ("keys", ("app.auth",)),
-    ("infrastructure", ("app.db", "app.observability")),
+    ("infrastructure", ("app.db", "app.observability", "app.crypto")),
     ("vocabulary", ("app.events", "app.errors", "app.clock", "app.config")),
 ]
 
