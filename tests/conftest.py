@@ -15,6 +15,9 @@ from app.db import make_engine, make_sessionmaker
 from app.db.migrate import upgrade
 from tests.support.harness import Receiver, Service, receiver, require_service, service
 
+# The Kafka suites' fixtures: bootstrap, topic, kafka_settings, producer.
+pytest_plugins = ["tests.support.kafka"]
+
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:

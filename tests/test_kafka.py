@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -20,62 +19,13 @@ from app.ingest.kafka import KafkaIngest, ensure_topics
 from app.policy.defaults import default_policy_raw
 from app.policy.schema import CompiledPolicy
 from app.policy.store import validate_or_raise
-from tests.support.harness import Spawned, event, eventually, receiver, require_service, service
-
-
-@pytest.fixture
-def bootstrap() -> str:
-    return require_service("INTENT_TEST_KAFKA_BOOTSTRAP")
-
-
-@pytest.fixture
-def topic() -> str:
-    return f"events-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-def kafka_settings(settings: Settings, bootstrap: str, topic: str) -> Settings:
-    return settings.model_copy(
-        update={
-            "kafka_bootstrap": bootstrap,
-            "kafka_topic": topic,
-            "kafka_group": f"g-{uuid.uuid4().hex[:8]}",
-            "kafka_partitions": 4,
-        }
-    )
-
-
-@pytest.fixture
-async def producer(bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
-    p = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await p.start()
-    yield p
-    await p.stop()
+from tests.support.harness import Spawned, event, eventually, receiver, service
+from tests.support.kafka import dead_letters
 
 
 async def lead_or_none(client: httpx.AsyncClient, lead_id: str) -> dict[str, Any] | None:
     r = await client.get(f"/v1/leads/{lead_id}")
     return r.json() if r.status_code == 200 else None
-
-
-async def dead_letters(bootstrap: str, topic: str, n: int) -> list[Any]:
-    consumer = AIOKafkaConsumer(
-        f"{topic}.dlq",
-        bootstrap_servers=bootstrap,
-        group_id=f"dlq-{uuid.uuid4().hex[:8]}",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    got: list[Any] = []
-    try:
-        deadline = time.monotonic() + 20
-        while len(got) < n and time.monotonic() < deadline:
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                got.extend(records)
-    finally:
-        await consumer.stop()
-    return got
 
 
 async def test_consumer_scores_native_and_cloudevents_and_dead_letters_poison(

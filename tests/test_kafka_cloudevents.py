@@ -4,15 +4,12 @@ a real broker; the attributes stand in for the native fields, poison keeps its h
 
 from __future__ import annotations
 
-import time
-import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 from cloudevents.core.bindings.kafka import KafkaMessage, to_binary, to_structured
 from cloudevents.core.formats.json import JSONFormat
@@ -28,41 +25,12 @@ from app.ingest.kafka import KafkaIngest
 from app.policy.defaults import default_policy_raw
 from app.policy.schema import CompiledPolicy
 from app.policy.store import validate_or_raise
-from tests.support.harness import Service, eventually, require_service, service
+from tests.support.harness import Service, eventually, service
+from tests.support.kafka import dead_letters
 
 FORMAT = JSONFormat()
 POLICY = CompiledPolicy(1, validate_or_raise(default_policy_raw()))
 DAY = 86400.0
-
-
-@pytest.fixture
-def bootstrap() -> str:
-    return require_service("INTENT_TEST_KAFKA_BOOTSTRAP")
-
-
-@pytest.fixture
-def topic() -> str:
-    return f"ce-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-def kafka_settings(settings: Settings, bootstrap: str, topic: str) -> Settings:
-    return settings.model_copy(
-        update={
-            "kafka_bootstrap": bootstrap,
-            "kafka_topic": topic,
-            "kafka_group": f"g-{uuid.uuid4().hex[:8]}",
-            "kafka_partitions": 2,
-        }
-    )
-
-
-@pytest.fixture
-async def producer(bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
-    p = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await p.start()
-    yield p
-    await p.stop()
 
 
 def binary(attributes: dict[str, Any], data: Any) -> KafkaMessage:
@@ -104,26 +72,6 @@ async def stored(svc: Service, event_ids: list[str]) -> dict[str, Any]:
             ).where(events.c.event_id.in_(event_ids))
         )
         return {r.event_id: r for r in rows}
-
-
-async def dead_letters(bootstrap: str, topic: str, n: int) -> list[Any]:
-    consumer = AIOKafkaConsumer(
-        f"{topic}.dlq",
-        bootstrap_servers=bootstrap,
-        group_id=f"dlq-{uuid.uuid4().hex[:8]}",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    got: list[Any] = []
-    try:
-        deadline = time.monotonic() + 20
-        while len(got) < n and time.monotonic() < deadline:
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                got.extend(records)
-    finally:
-        await consumer.stop()
-    return got
 
 
 def decayed(points: float, half_life_days: float, age: float) -> float:
