@@ -16,6 +16,7 @@ from starlette.requests import Request
 
 from app import auth
 from app.auth import ApiKey, KeyStore, authenticate, create_key, hash_key, parse_scopes
+from app.clock import Clock
 from app.db import api_keys, make_sessionmaker
 from app.errors import Forbidden, InvalidInput, Unauthenticated, Unavailable
 from tests.support.domain import T0
@@ -38,7 +39,7 @@ async def revoke(sessions: Sessions, key_id: str) -> None:
 def request(store: KeyStore, authorization: str | None) -> Request:
     """An HTTP request to an app whose runtime holds ``store``, as the routes see it."""
     app = Starlette()
-    app.state.runtime = SimpleNamespace(keys=store)
+    app.state.runtime = SimpleNamespace(keys=store, clock=Clock())
     headers = [(b"authorization", authorization.encode())] if authorization is not None else []
     return Request({"type": "http", "method": "GET", "path": "/", "headers": headers, "app": app})
 

@@ -367,6 +367,12 @@ def openapi() -> None:
     typer.echo(openapi_yaml(), nl=False)
 
 
+# apikey list | revoke (app.cli.keys).
+from app.cli.keys import register as _register_keys  # noqa: E402
+
+_register_keys(apikey_cli)
+
+
 def main() -> None:
     cli()
 
