@@ -13,6 +13,7 @@ Kafka offsets committed and the claimed deliveries handed to the dispatcher.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,10 +87,14 @@ async def process(
     destinations: dict[str, Destination] | None = None,
     now: float,
     lease_until: float | None,
+    drop: Callable[[Event], bool] | None = None,
 ) -> BatchResult:
-    """Apply a batch of validated events; statuses come back in the batch's order."""
+    """Apply a batch of validated events; statuses come back in the batch's order.
+
+    ``drop``: events of erased, suppressed people (``app.privacy``), answered as
+    accepted and neither stored nor identified."""
     timer = _StageTimer()
-    statuses, fresh = await _ingest(session, batch, policy)
+    statuses, fresh = await _ingest(session, batch, policy, drop)
     timer.lap("ingest")
     if not fresh:
         return BatchResult(statuses)
@@ -139,15 +144,22 @@ def _identify_and_score(
 
 
 async def _ingest(
-    session: AsyncSession, batch: list[Event], policy: CompiledPolicy
+    session: AsyncSession,
+    batch: list[Event],
+    policy: CompiledPolicy,
+    drop: Callable[[Event], bool] | None = None,
 ) -> tuple[list[EventStatus], list[Event]]:
-    """Keep only never-seen event ids (the adapters checked the events against the policy)."""
+    """Keep only never-seen event ids (the adapters checked the events against the policy)
+    of people not suppressed."""
     statuses: list[EventStatus] = []
     candidates: list[Event] = []
     seen: set[str] = set()
     for ev in batch:
         if ev.event_id in seen:
             statuses.append(EventStatus(ev.event_id, "duplicate"))
+        elif drop is not None and drop(ev):
+            seen.add(ev.event_id)
+            statuses.append(EventStatus(ev.event_id, "accepted"))
         else:
             seen.add(ev.event_id)
             candidates.append(ev)

@@ -33,6 +33,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("what-if", ("app.policy.impact",)),
     ("read models", ("app.reports",)),
     ("runtime", ("app.runtime",)),
+    ("privacy", ("app.privacy",)),
     ("sources", ("app.sources",)),
     ("ingest", ("app.ingest",)),
     ("pipeline", ("app.pipeline",)),

@@ -1,0 +1,120 @@
+"""The privacy work of a running service (or of one CLI command): erasure with optional
+suppression, export, the in-memory suppression set and the retention sweep.
+
+On SQLite the write transactions (an erasure, a retention batch) run where the
+pipeline's batches run (``writes``: ``LoopThread.write``), one at a time under the one
+writer's lock; on PostgreSQL, on this process's own sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.clock import Clock
+from app.config import Settings
+from app.db import Transaction
+from app.observability import metrics
+from app.privacy.erase import erase_person, new_pseudonym
+from app.privacy.export import export_person
+from app.privacy.person import find_person
+from app.privacy.retention import Retention, Writes
+from app.privacy.suppress import RELOAD_SECONDS, Hasher, Suppressions, store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Erasure:
+    """What one erasure did: rows changed per table, and the suppressed hashes."""
+
+    erased: dict[str, int]
+    suppressed: list[str]
+
+
+class Privacy:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        clock: Clock,
+        settings: Settings,
+        *,
+        hasher: Hasher,
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._clock = clock
+        self._settings = settings
+        self.suppressions = Suppressions(hasher)
+        self._writes: Writes = self._write_here
+        self.retention: Retention | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def _write_here(self, txn: Transaction[Any]) -> Any:
+        return await txn(self._sessionmaker)
+
+    async def start(self, *, writes: Writes | None = None, retention: bool = True) -> None:
+        """Load the suppression set, keep it fresh, and (``retention``) start the sweep."""
+        self._writes = writes or self._write_here
+        await self.reload()
+        self._task = asyncio.create_task(self._reload_loop(), name="suppressions")
+        if retention:
+            self.retention = Retention(
+                self._sessionmaker, self._clock, self._settings, writes=writes
+            )
+            self.retention.start()
+
+    async def stop(self) -> None:
+        if self.retention is not None:
+            await self.retention.stop()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def reload(self) -> int:
+        async with self._sessionmaker() as session:
+            return await self.suppressions.load(session)
+
+    async def _reload_loop(self) -> None:
+        """Erasures made by another replica or the CLI reach this process's set."""
+        while True:
+            await asyncio.sleep(RELOAD_SECONDS)
+            try:
+                await self.reload()
+            except Exception as exc:
+                log.warning("reloading suppressions failed: %s", exc)
+                metrics.count_db_error("suppressions", exc)
+
+    async def erase(self, identifier: str, *, suppress: bool = False) -> Erasure | None:
+        """Erase the person ``identifier`` names, in one write transaction; None when no
+        lead has it. With ``suppress``, later events naming them are dropped."""
+        now = self._clock.now()
+
+        async def erasing(sessionmaker: async_sessionmaker[AsyncSession]) -> Erasure | None:
+            async with sessionmaker() as session, session.begin():
+                person = await find_person(session, identifier)
+                if person is None:
+                    return None
+                hashes = self.suppressions.hashes(person.suppression_keys()) if suppress else []
+                erased = await erase_person(session, person, pseudonym=new_pseudonym())
+                erased["suppressions"] = await store(session, hashes, now=now)
+                return Erasure(erased, hashes)
+
+        done: Erasure | None = await self._writes(erasing)
+        if done is not None:
+            self.suppressions.add(done.suppressed)  # committed: this process drops them now
+            # Counts only: the identifier itself is never logged.
+            log.info("person erased", extra={"erased": done.erased})
+        return done
+
+    async def export(self, identifier: str) -> dict[str, Any] | None:
+        """Everything held about the person ``identifier`` names; None when no lead has it."""
+        async with self._sessionmaker() as session:
+            person = await find_person(session, identifier)
+            return None if person is None else await export_person(session, person)
