@@ -13,7 +13,7 @@ from app.db import identities, leads, loads
 
 WEAK = ("anon:", "user:")
 ERASED = "[erased]"
-MIN_SUBSTRING = 4  # shorter values (a country code) are scrubbed only where they are whole
+MIN_SUBSTRING = 4  # shorter identifiers are replaced only where they are a whole value
 
 
 @dataclass
@@ -42,7 +42,9 @@ class Person:
     def scrubber(self, pseudonym: str) -> Scrubber:
         ids = set(self.keys)
         ids |= {k.split(":", 1)[1] for k in ids if k.startswith(WEAK)}  # raw ids, as sent
-        values = {v for v in _strings(self.attributes) if v.strip()}
+        # A short value (a country code) identifies nobody on its own and would match the
+        # account's own fields: only the lead's section (replaced whole) had it.
+        values = {v for v in _strings(self.attributes) if len(v.strip()) >= MIN_SUBSTRING}
         return Scrubber({i: pseudonym for i in ids} | {v: ERASED for v in values - ids})
 
 

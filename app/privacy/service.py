@@ -1,9 +1,12 @@
 """The privacy work of a running service (or of one CLI command): erasure with optional
 suppression, export, the in-memory suppression set and the retention sweep.
 
-On SQLite the write transactions (an erasure, a retention batch) run where the
-pipeline's batches run (``writes``: ``LoopThread.write``), one at a time under the one
-writer's lock; on PostgreSQL, on this process's own sessions.
+An erasure runs where the pipeline's batches run (``writes``: ``LoopThread.write``), one
+at a time with them: on SQLite that is the one writer's lock, and on PostgreSQL it keeps
+a batch of this process that read the person's lead before the erasure from writing it
+back after (a batch on another replica at that very moment still can: the pipeline does
+not lock the leads it reads; erasing again removes it). Retention batches run there on
+SQLite only; on PostgreSQL they take their own sessions (row locks, no single writer).
 """
 
 from __future__ import annotations
@@ -64,7 +67,10 @@ class Privacy:
         self._task = asyncio.create_task(self._reload_loop(), name="suppressions")
         if retention:
             self.retention = Retention(
-                self._sessionmaker, self._clock, self._settings, writes=writes
+                self._sessionmaker,
+                self._clock,
+                self._settings,
+                writes=writes if self._settings.is_sqlite else None,
             )
             self.retention.start()
 
