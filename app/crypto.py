@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 PREFIX = "enc:v1:"
 KEY_FILE = "secret.key"
 MAKE_KEY = (
-    "make one with `intent-router secret-key` or "
+    "make one with `intent-router secrets key` or "
     "`python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`"
 )
 _HASH_INFO = b"intent-router keyed hash"

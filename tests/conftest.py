@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -11,9 +12,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.clock import FakeClock
 from app.config import Settings
+from app.crypto import generate_key
 from app.db import make_engine, make_sessionmaker
 from app.db.migrate import upgrade
 from tests.support.harness import Receiver, Service, receiver, require_service, service
+
+# PostgreSQL needs a secret key (app.crypto): one per run, inherited by spawned services.
+os.environ.setdefault("INTENT_SECRET_KEY", generate_key())
 
 # The Kafka suites' fixtures: bootstrap, topic, kafka_settings, producer.
 pytest_plugins = ["tests.support.kafka"]

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.clock import FakeClock, new_id
 from app.config import Settings
+from app.crypto import SecretBox, generate_key
 from app.db import deliveries, destinations, make_engine, make_sessionmaker
 from app.db.migrate import upgrade
 from app.delivery import lifecycle, signing
@@ -27,6 +28,7 @@ from tests.support.harness import Receiver
 NOW = 1_800_000_000.0
 LEASE = NOW + 60
 OPEN = SsrfGuard(["127.0.0.1"])  # the loopback receivers are allowed, nothing else private
+BOX = SecretBox([generate_key().encode()])  # secrets are stored encrypted
 
 Maker = async_sessionmaker[AsyncSession]
 
@@ -41,7 +43,9 @@ async def db(database_url: str) -> AsyncIterator[Maker]:
 
 async def add(s: AsyncSession, name: str, *, enabled: bool = True, url: str = "") -> str:
     spec = DestinationSpec(name, url or f"http://127.0.0.1:9/{name}")
-    row, _ = await lifecycle.create_destination(s, spec, enabled=enabled, guard=OPEN, now=NOW)
+    row, _ = await lifecycle.create_destination(
+        s, spec, enabled=enabled, guard=OPEN, box=BOX, now=NOW
+    )
     return str(row.id)
 
 
@@ -149,9 +153,15 @@ async def test_create_refuses_a_taken_name_and_an_address_the_guard_refuses(db: 
     async with db() as s, s.begin():
         await add(s, "crm")
         row, secret = await lifecycle.create_destination(
-            s, DestinationSpec("off", "http://127.0.0.1:9/x"), enabled=False, guard=OPEN, now=NOW
+            s,
+            DestinationSpec("off", "http://127.0.0.1:9/x"),
+            enabled=False,
+            guard=OPEN,
+            box=BOX,
+            now=NOW,
         )
-    assert secret.startswith("whsec_") and row.secret == secret
+    assert secret.startswith("whsec_") and BOX.decrypt(row.secret) == secret
+    assert SecretBox.is_encrypted(row.secret) and secret not in row.secret
     assert (row.enabled, row.disabled_reason, row.disabled_at) == (False, "admin", NOW)
     async with db() as s, s.begin():
         with pytest.raises(Conflict) as taken:
@@ -202,12 +212,12 @@ async def test_update_switches_a_destination_and_reports_the_deliveries_resumed(
 async def test_rotation_keeps_the_old_secret_for_the_overlap_only(db: Maker) -> None:
     async with db() as s, s.begin():
         dest = await add(s, "crm")
-        first = (await destination_row(s, dest)).secret
-        row, second = await lifecycle.rotate_secret(s, dest, overlap=60, now=NOW)
-        assert (row.secret, row.previous_secret) == (second, first)
+        first = BOX.decrypt((await destination_row(s, dest)).secret)
+        row, second = await lifecycle.rotate_secret(s, dest, overlap=60, box=BOX, now=NOW)
+        assert (BOX.decrypt(row.secret), BOX.decrypt(row.previous_secret)) == (second, first)
         assert row.previous_secret_expires_at == NOW + 60
-        row, third = await lifecycle.rotate_secret(s, dest, overlap=0, now=NOW + 1)
-        assert (row.secret, row.previous_secret, row.previous_secret_expires_at) == (
+        row, third = await lifecycle.rotate_secret(s, dest, overlap=0, box=BOX, now=NOW + 1)
+        assert (BOX.decrypt(row.secret), row.previous_secret, row.previous_secret_expires_at) == (
             third,
             None,
             None,
@@ -315,10 +325,10 @@ async def test_a_test_send_goes_out_as_a_webhook_does(db: Maker, hook: Receiver)
     """Signed with the destination's secret and sent by the dispatcher's ``Sender`` (its
     user agent, the lean transport); a URL the guard refuses at send time is refused."""
     clock = FakeClock(NOW)
-    sender = Sender(OPEN, clock, timeout=5.0)
+    sender = Sender(OPEN, clock, timeout=5.0, box=BOX)
     async with db() as s, s.begin():
         dest = await add(s, "crm", url=hook.url + "/crm")
-        secret = (await destination_row(s, dest)).secret
+        secret = BOX.decrypt((await destination_row(s, dest)).secret)
         sent = await lifecycle.test_send(s, dest, sender=sender, now=NOW)
     assert (sent.status_code, sent.error, sent.started_at) == (204, None, NOW)
     [got] = hook.requests
@@ -333,7 +343,7 @@ async def test_a_test_send_goes_out_as_a_webhook_does(db: Maker, hook: Receiver)
     async with db() as s, s.begin():
         sent = await lifecycle.test_send(s, dest, sender=sender, now=NOW)
         assert (sent.status_code, sent.error) == (503, "http_503")
-        closed = Sender(SsrfGuard([]), clock, timeout=5.0)  # loopback no longer allowed
+        closed = Sender(SsrfGuard([]), clock, timeout=5.0, box=BOX)  # loopback no longer allowed
         with pytest.raises(SsrfRefused):
             await lifecycle.test_send(s, dest, sender=closed, now=NOW)
         with pytest.raises(NotFound):

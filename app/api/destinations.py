@@ -121,7 +121,12 @@ async def create_destination(
 ) -> DestinationView:
     spec = lifecycle.DestinationSpec(body.name, body.url, body.format, _filter(body.filter))
     row, secret = await lifecycle.create_destination(
-        session, spec, enabled=body.enabled, guard=runtime.guard, now=runtime.clock.now()
+        session,
+        spec,
+        enabled=body.enabled,
+        guard=runtime.guard,
+        box=runtime.box,
+        now=runtime.clock.now(),
     )
     after_commit(session, runtime.destinations.invalidate)
     return _dest_view(row, secret)
@@ -257,7 +262,11 @@ async def rotate_destination_secret(
     """During the overlap each webhook carries both signatures, so receivers can switch to
     the new secret at their own pace. Rotating again drops the older previous secret."""
     row, secret = await lifecycle.rotate_secret(
-        session, destination_id, overlap=body.overlap_seconds, now=runtime.clock.now()
+        session,
+        destination_id,
+        overlap=body.overlap_seconds,
+        box=runtime.box,
+        now=runtime.clock.now(),
     )
     after_commit(session, runtime.destinations.invalidate)
     return _dest_view(row, secret)

@@ -162,6 +162,7 @@ async def create_source(
         body.kind,
         _spec(body),
         signals=runtime.current_policy().signals,
+        box=runtime.box,
         now=runtime.clock.now(),
     )
     after_commit(session, runtime.sources.invalidate)
@@ -215,6 +216,7 @@ async def update_source(
         name,
         _spec(body),
         signals=runtime.current_policy().signals,
+        box=runtime.box,
         now=runtime.clock.now(),
     )
     after_commit(session, runtime.sources.invalidate)
@@ -231,7 +233,9 @@ async def update_source(
 async def rotate_source_key(
     name: str, key: AdminKey, request: Request, session: SessionDep, runtime: RuntimeDep
 ) -> SourceView:
-    source, new = await registry.rotate_source(session, name, now=runtime.clock.now())
+    source, new = await registry.rotate_source(
+        session, name, box=runtime.box, now=runtime.clock.now()
+    )
     after_commit(session, runtime.sources.invalidate)
     if source.kind == "segment":
         return _view(request, runtime, source, write_key=new)

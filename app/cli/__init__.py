@@ -372,6 +372,11 @@ from app.cli.keys import register as _register_keys  # noqa: E402
 
 _register_keys(apikey_cli)
 
+# secrets key | rotate (app.cli.secrets).
+from app.cli.secrets import secrets_cli  # noqa: E402
+
+cli.add_typer(secrets_cli, name="secrets")
+
 
 def main() -> None:
     cli()

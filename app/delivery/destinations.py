@@ -23,7 +23,7 @@ class Destination:
     id: str
     name: str
     url: str
-    secret: str
+    secret: str  # as stored (enc:v1:…, app.crypto); the Sender opens it to sign
     enabled: bool
     format: str
     filter: dict[str, list[str]] = field(default_factory=dict)

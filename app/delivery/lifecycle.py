@@ -29,6 +29,7 @@ from sqlalchemy import Row, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.clock import iso, new_id
+from app.crypto import SecretBox
 from app.db import deliveries, destinations, dumps
 from app.db.bulk import Bulk
 from app.delivery import signing
@@ -225,9 +226,16 @@ class DestinationSpec:
 
 
 async def create_destination(
-    session: AsyncSession, spec: DestinationSpec, *, enabled: bool, guard: SsrfGuard, now: float
+    session: AsyncSession,
+    spec: DestinationSpec,
+    *,
+    enabled: bool,
+    guard: SsrfGuard,
+    box: SecretBox,
+    now: float,
 ) -> tuple[Row[Any], str]:
-    """Add a destination (its URL checked by the SSRF guard); its row and new secret."""
+    """Add a destination (its URL checked by the SSRF guard); its row and new secret
+    (stored encrypted with ``box``)."""
     assert spec.name is not None and spec.url is not None
     await guard.check_url(spec.url)
     taken = await session.execute(select(destinations.c.id).where(destinations.c.name == spec.name))
@@ -241,7 +249,7 @@ async def create_destination(
             id=dest_id,
             name=spec.name,
             url=spec.url,
-            secret=(secret := signing.new_secret()),
+            secret=box.encrypt(secret := signing.new_secret()),
             enabled=enabled,
             disabled_reason=None if enabled else "admin",
             disabled_at=None if enabled else now,
@@ -286,16 +294,17 @@ async def update_destination(
 
 
 async def rotate_secret(
-    session: AsyncSession, dest_id: str, *, overlap: float, now: float
+    session: AsyncSession, dest_id: str, *, overlap: float, box: SecretBox, now: float
 ) -> tuple[Row[Any], str]:
-    """A new signing secret; the old one keeps signing alongside for ``overlap`` seconds."""
+    """A new signing secret (stored encrypted); the old one keeps signing alongside for
+    ``overlap`` seconds."""
     row = await destination_row(session, dest_id)
     await session.execute(
         update(destinations)
         .where(destinations.c.id == dest_id)
         .values(
-            secret=(secret := signing.new_secret()),
-            previous_secret=row.secret if overlap else None,
+            secret=box.encrypt(secret := signing.new_secret()),
+            previous_secret=box.reencrypt(row.secret) if overlap else None,
             previous_secret_expires_at=now + overlap if overlap else None,
             updated_at=now,
         )

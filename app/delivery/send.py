@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import httpx
 
 from app.clock import Clock
+from app.crypto import SecretBox, SecretKeyError
 from app.delivery import formats, retry, signing
 from app.delivery.destinations import Destination
 from app.delivery.ssrf import SsrfGuard, SsrfRefused
@@ -23,6 +24,7 @@ from app.delivery.transport import LeanTransport
 USER_AGENT = b"intent-router/0.1"
 RESPONSE_BODY_CAP = 4096  # characters of a response body kept with its attempt
 MAX_URLS = 10_000  # parsed URLs kept; past that the cache starts again
+MAX_OPENED = 1_000  # opened secrets kept; past that the cache starts again
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,10 +38,16 @@ class Prepared:
 
 
 class Sender:
-    def __init__(self, guard: SsrfGuard, clock: Clock, *, timeout: float) -> None:
+    def __init__(
+        self, guard: SsrfGuard, clock: Clock, *, timeout: float, box: SecretBox | None = None
+    ) -> None:
         self._guard = guard
         self._clock = clock
         self._timeout = timeout
+        # Opens the destinations' secrets (stored encrypted); without one only plaintext
+        # secrets sign. Each stored value is opened once, not on every webhook.
+        self._box = box
+        self._opened: dict[str, str] = {}
         # One small pool per destination: a slow endpoint never holds another's sockets.
         self._transports: dict[str, LeanTransport] = {}
         self._urls: dict[str, httpx.URL] = {}
@@ -68,7 +76,9 @@ class Sender:
         target = await self._guard.resolve(dest.url)
         now = self._clock.now()
         content = formats.render(dest.format, body)
-        signed = signing.headers(dest.secrets(now), msg_id, int(now), content)
+        signed = signing.headers(
+            [self._open(s) for s in dest.secrets(now)], msg_id, int(now), content
+        )
         urls = tuple(self._url(u) for u in (target.url, *target.fallbacks))
         # The original host, not the pinned address, for virtual hosting (and TLS below).
         host = target.headers.get("host") or urls[0].netloc.decode()
@@ -79,6 +89,18 @@ class Sender:
             *((k.encode(), v.encode()) for k, v in signed.items()),
         ]
         return Prepared(urls, headers, content, target.extensions.get("sni_hostname"))
+
+    def _open(self, stored: str) -> str:
+        plain = self._opened.get(stored)
+        if plain is None:
+            if self._box is None:
+                if SecretBox.is_encrypted(stored):
+                    raise SecretKeyError("an encrypted secret and no key to open it")
+                return stored
+            if len(self._opened) >= MAX_OPENED:
+                self._opened.clear()
+            plain = self._opened[stored] = self._box.decrypt(stored)
+        return plain
 
     async def post(self, dest_id: str, p: Prepared) -> Sent:
         """Send a prepared request on the destination's pool; what came back, timed."""

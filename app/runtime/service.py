@@ -16,6 +16,7 @@ from app import pipeline
 from app.auth import KeyStore, create_key
 from app.clock import Clock
 from app.config import Settings
+from app.crypto import load_box
 from app.db import (
     api_keys,
     deliveries,
@@ -41,6 +42,7 @@ from app.policy.store import active_policy, ensure_default
 from app.routing.sla import SlaTimer
 from app.runtime.batcher import Batcher
 from app.runtime.loop_thread import LoopThread
+from app.runtime.secrets import seal_secrets
 from app.sources import Debugger, SourceStore
 
 log = logging.getLogger(__name__)
@@ -72,15 +74,18 @@ class Runtime:
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.settings = settings
         self.clock = clock or Clock()
+        self.box = load_box(settings)  # webhook and source secrets at rest (app.crypto)
         self.engine: AsyncEngine = make_engine(settings)
         self.sessionmaker: async_sessionmaker[AsyncSession] = make_sessionmaker(self.engine)
         self.keys = KeyStore(self.sessionmaker)
         self.destinations = DestinationCache(self.sessionmaker)
-        self.sources = SourceStore(self.sessionmaker)
+        self.sources = SourceStore(self.sessionmaker, self.box)
         self.debugger = Debugger()  # each source's recent messages and their outcomes
         self.guard = SsrfGuard(settings.delivery_allowed_hosts)
         # Signs, pins and sends webhooks: the dispatcher's, and the API's test sends.
-        self.sender = Sender(self.guard, self.clock, timeout=settings.delivery_timeout_seconds)
+        self.sender = Sender(
+            self.guard, self.clock, timeout=settings.delivery_timeout_seconds, box=self.box
+        )
         self.policy: CompiledPolicy | None = None
         self.dispatcher: Dispatcher | None = None
         self.sla: SlaTimer | None = None  # runs with the dispatcher
@@ -106,6 +111,8 @@ class Runtime:
         once on an empty database: the one that loses the race reads what the other made."""
         if migrate:
             await upgrade(self.engine)
+        # Legacy plaintext secrets encrypted; one the key cannot open: SecretKeyError.
+        await seal_secrets(self.sessionmaker, self.box)
         for attempt in (1, 2):
             try:
                 async with self.sessionmaker() as session, session.begin():

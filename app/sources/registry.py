@@ -23,6 +23,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.crypto import SecretBox
 from app.db import sources
 from app.errors import Conflict, InvalidInput, NotFound, Unavailable
 from app.ingest import hooks
@@ -48,6 +49,7 @@ class Source:
     allowed_origins: tuple[str, ...] = ()
     signal: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    # The platform's secret, opened: only the store (which has the key) fills it in.
     secret: str | None = None
     write_key_prefix: str | None = None
     created_at: float = 0.0
@@ -115,14 +117,15 @@ class SourceSpec:
     secret: str | None = None
 
 
-def _row_to_source(r: Any) -> Source:
+def _row_to_source(r: Any, box: SecretBox | None = None) -> Source:
+    """The source of a row; its secret (stored encrypted) only when ``box`` opens it."""
     return Source(
         name=r.name,
         kind=r.kind,
         allowed_origins=tuple(orjson.loads(r.allowed_origins)),
         signal=r.signal,
         config=orjson.loads(r.config),
-        secret=r.secret,
+        secret=box.decrypt(r.secret) if box is not None and r.secret is not None else None,
         write_key_prefix=r.write_key_prefix,
         created_at=r.created_at,
         updated_at=r.updated_at,
@@ -130,7 +133,11 @@ def _row_to_source(r: Any) -> Source:
 
 
 def _checked(
-    kind: str, spec: SourceSpec, signals: Collection[str], current_signal: str | None = None
+    kind: str,
+    spec: SourceSpec,
+    signals: Collection[str],
+    box: SecretBox,
+    current_signal: str | None = None,
 ) -> dict[str, Any]:
     """The columns a spec sets, validated for the kind (``current_signal``: the stored one,
     when a change leaves it as it is)."""
@@ -176,7 +183,7 @@ def _checked(
             raise InvalidInput(
                 "secret: 8 to 500 printable characters", code="invalid_secret", field="secret"
             )
-        values["secret"] = spec.secret
+        values["secret"] = box.encrypt(spec.secret)
     return values
 
 
@@ -187,6 +194,7 @@ async def create_source(
     spec: SourceSpec,
     *,
     signals: Collection[str],
+    box: SecretBox,
     now: float,
 ) -> tuple[Source, str | None, str | None]:
     """Store a new source; returns it with its write key or generated secret (shown once)."""
@@ -202,7 +210,7 @@ async def create_source(
         )
     if kind == "generic" and spec.config is None:
         raise InvalidInput("config: a generic source needs a mapping", field="config")
-    values = _checked(kind, spec, signals)
+    values = _checked(kind, spec, signals, box)
     write_key = secret = None
     if kind == "segment":
         write_key = WRITE_KEY_PREFIX + secrets.token_urlsafe(24)
@@ -216,7 +224,7 @@ async def create_source(
                 field="secret",
             )
         secret = hooks.generate_secret(kind)
-        values["secret"] = secret
+        values["secret"] = box.encrypt(secret) if secret is not None else None
     values.setdefault("allowed_origins", "[]")
     values.setdefault("config", "{}")
     try:
@@ -246,12 +254,18 @@ async def source_rows(session: AsyncSession) -> list[Source]:
 
 
 async def update_source(
-    session: AsyncSession, name: str, spec: SourceSpec, *, signals: Collection[str], now: float
+    session: AsyncSession,
+    name: str,
+    spec: SourceSpec,
+    *,
+    signals: Collection[str],
+    box: SecretBox,
+    now: float,
 ) -> Source:
     current = await source_row(session, name)
     if spec.config is None and spec.signal is not None and current.kind == "generic":
         spec.config = current.config  # a mapping without type may depend on the signal
-    values = _checked(current.kind, spec, signals, current.signal)
+    values = _checked(current.kind, spec, signals, box, current.signal)
     if values:
         await session.execute(
             update(sources).where(sources.c.name == name).values(updated_at=now, **values)
@@ -259,7 +273,9 @@ async def update_source(
     return await source_row(session, name)
 
 
-async def rotate_source(session: AsyncSession, name: str, *, now: float) -> tuple[Source, str]:
+async def rotate_source(
+    session: AsyncSession, name: str, *, box: SecretBox, now: float
+) -> tuple[Source, str]:
     """A new write key (segment) or generated secret; the old one stops working."""
     current = await source_row(session, name)
     if current.kind == "segment":
@@ -277,7 +293,7 @@ async def rotate_source(session: AsyncSession, name: str, *, now: float) -> tupl
                 code="secret_from_platform",
                 field="secret",
             )
-        key, values = generated, {"secret": generated}
+        key, values = generated, {"secret": box.encrypt(generated)}
     await session.execute(
         update(sources).where(sources.c.name == name).values(updated_at=now, **values)
     )
@@ -293,8 +309,9 @@ async def delete_source(session: AsyncSession, name: str) -> None:
 class SourceStore:
     """Every registered source, in memory, reloaded at most ``CACHE_SECONDS`` old."""
 
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], box: SecretBox) -> None:
         self._sessionmaker = sessionmaker
+        self._box = box  # opens the platform secrets the hooks verify with
         self._loaded_at = -1e9
         self._by_name: dict[str, Source] = {}
         self._by_key: dict[str, Source] = {}
@@ -314,7 +331,7 @@ class SourceStore:
                 f"sources cannot be read ({type(exc).__name__}); retry",
                 headers={"Retry-After": "1"},
             ) from exc
-        by_name = {r.name: _row_to_source(r) for r in rows}
+        by_name = {r.name: _row_to_source(r, self._box) for r in rows}
         self._by_key = {r.write_key_hash: by_name[r.name] for r in rows if r.write_key_hash}
         self._by_name = by_name
         self._origins = frozenset(o for s in by_name.values() for o in s.allowed_origins)
