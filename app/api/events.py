@@ -12,11 +12,14 @@ from pydantic import BaseModel
 from app.api.body import RequestBody, parse_json, read_body
 from app.api.deps import RuntimeDep
 from app.api.errors import app_error_response, internal_error_response
-from app.auth import IngestKey, authenticate
-from app.errors import AppError, error_responses
+from app.api.ratelimit import charge, event_count
+from app.auth import ApiKey, IngestKey, authenticate
+from app.errors import AppError, PayloadTooLarge, error_responses
 from app.events import EventStatus
-from app.ingest.native import parse_native, with_source
-from app.ingest.schemas import EventBatchIn, EventIn
+from app.ingest.native import Slots, parse_native, with_source
+from app.ingest.schemas import MAX_BATCH_EVENTS, MAX_EVENT_BYTES, EventBatchIn, EventIn
+from app.observability import metrics
+from app.policy.schema import CompiledPolicy
 from app.runtime.service import Runtime
 
 log = logging.getLogger(__name__)
@@ -40,7 +43,9 @@ class IngestResponse(BaseModel):
     results: list[EventResult]
 
 
-def _response(slots: list[EventStatus | None], statuses: list[EventStatus]) -> Response:
+def _response(
+    slots: list[EventStatus | None], statuses: list[EventStatus], headers: dict[str, str]
+) -> Response:
     """The ``IngestResponse`` document, serialised directly (this is the hot path)."""
     it = iter(statuses)
     merged = [s if s is not None else next(it) for s in slots]
@@ -63,7 +68,9 @@ def _response(slots: list[EventStatus | None], statuses: list[EventStatus]) -> R
         "rejected": counts["rejected"],
         "results": results,
     }
-    return Response(orjson.dumps(body), status_code=202, media_type="application/json")
+    return Response(
+        orjson.dumps(body), status_code=202, media_type="application/json", headers=headers
+    )
 
 
 def _as_sent(data: Any, _raw: bytes) -> Any:
@@ -91,24 +98,78 @@ async def ingest_events(
     A single event that fails validation is a 422; in a batch, each invalid event is
     reported as ``rejected`` with its field and the rest are accepted.
     """
-    return await ingest(runtime, data, runtime.clock.now(), key.name)
+    return await ingest(runtime, data, runtime.clock.now(), key)
 
 
-async def ingest(runtime: Runtime, data: Any, received_at: float, key_name: str) -> Response:
-    """Events from the decoded body, ingested; the ``IngestResponse``. An event without a
+async def ingest(
+    runtime: Runtime, data: Any, received_at: float, key: ApiKey, size: int | None = None
+) -> Response:
+    """Events from the decoded body (``size`` bytes, when known), ingested; the
+    ``IngestResponse``. The key's quota pays one token per event first; an event without a
     ``source`` takes the key's name."""
     assert runtime.policy is not None
-    events, slots = parse_native(with_source(data, key_name), runtime.policy, received_at)
+    quota = charge(runtime, key, event_count(data))
+    events, slots = _parse(data, key.name, runtime.policy, received_at, size)
     statuses = await runtime.ingest(events) if events else []
-    return _response(slots, statuses)
+    return _response(slots, statuses, quota)
 
 
-async def handle_events(request: Request, key_name: str) -> Response:
+def _parse(
+    data: Any, name: str, policy: CompiledPolicy, received_at: float, size: int | None
+) -> tuple[list[Any], Slots]:
+    """``parse_native`` with the per-event size cap (``MAX_EVENT_BYTES`` as sent, in JSON):
+    in a batch an event over it is rejected alone (``event_too_large``), alone it is 413."""
+    items = data.get("events") if isinstance(data, dict) else None
+    if (size is not None and size <= MAX_EVENT_BYTES) or not isinstance(data, dict):
+        big: set[int] = set()
+    elif not isinstance(items, list):
+        if _too_large(data):
+            metrics.EVENTS_REJECTED.labels("http", "event_too_large").inc()
+            raise PayloadTooLarge(
+                f"the event exceeds {MAX_EVENT_BYTES} bytes", code="event_too_large", field="body"
+            )
+        big = set()
+    else:
+        big = set() if len(items) > MAX_BATCH_EVENTS else _oversized(items)
+    data = with_source(data, name)
+    if not big:
+        return parse_native(data, policy, received_at)
+    assert isinstance(items, list)
+    kept = [i for i in range(len(items)) if i not in big]
+    events, sub = parse_native({**data, "events": [items[i] for i in kept]}, policy, received_at)
+    slots: Slots = [None] * len(items)
+    for i in big:
+        event_id = items[i].get("event_id") if isinstance(items[i], dict) else None
+        slots[i] = EventStatus(
+            str(event_id) if isinstance(event_id, str | int) else "",
+            "rejected",
+            "event_too_large",
+            f"events[{i}]",
+            f"the event exceeds {MAX_EVENT_BYTES} bytes",
+        )
+        metrics.EVENTS_REJECTED.labels("http", "event_too_large").inc()
+    for j, (i, slot) in enumerate(zip(kept, sub, strict=True)):
+        if slot is not None and slot.field is not None:  # renumbered as the batch was sent
+            slot.field = slot.field.replace(f"events[{j}]", f"events[{i}]", 1)
+        slots[i] = slot
+    return events, slots
+
+
+def _too_large(item: Any) -> bool:
+    return len(orjson.dumps(item)) > MAX_EVENT_BYTES
+
+
+def _oversized(items: list[Any]) -> set[int]:
+    return {i for i, item in enumerate(items) if _too_large(item)}
+
+
+async def handle_events(request: Request, key: ApiKey) -> Response:
     """``POST /v1/events`` once the key is checked, on the fast path: the body parsed here
     by the same rules as ``EVENTS_BODY``, without the framework."""
     runtime: Runtime = request.app.state.runtime
     received_at = runtime.clock.now()
-    return await ingest(runtime, parse_json(await read_body(request)), received_at, key_name)
+    body = await read_body(request)
+    return await ingest(runtime, parse_json(body), received_at, key, len(body))
 
 
 class FastIngest:
@@ -127,7 +188,7 @@ class FastIngest:
         response: Response
         try:
             key = await authenticate(request, "ingest")
-            response = await handle_events(request, key.name)
+            response = await handle_events(request, key)
         except AppError as exc:
             response = app_error_response(exc)
         except Exception:

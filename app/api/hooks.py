@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 
 from app.api.body import read_body
 from app.api.deps import RuntimeDep
+from app.api.ratelimit import charge
 from app.errors import AppError, NotFound, error_responses
 from app.events import EventStatus
 from app.ingest import hooks
@@ -67,9 +68,10 @@ async def platform_hook(name: str, request: Request, runtime: RuntimeDep) -> JSO
         )
         raise HookRefused(exc) from None
     messages = hooks.to_native(hook, payload, received_at)
+    quota = charge(runtime, source, len(messages))  # verified first: only the platform pays
     await _ingest(runtime, source, messages, received_at)
     status, answer = hooks.answer(source.kind)
-    return JSONResponse(answer, status_code=status)
+    return JSONResponse(answer, status_code=status, headers=quota)
 
 
 # The code a message the preset did not map is counted under.

@@ -18,17 +18,19 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
 from app.api.body import RequestBody
 from app.api.deps import RuntimeDep
 from app.api.events import INGEST_ERRORS
-from app.auth import KEY_PREFIX, check_key, credential
+from app.api.ratelimit import charge
+from app.auth import KEY_PREFIX, ApiKey, check_key, credential
 from app.errors import AppError, Forbidden, InvalidInput, Unauthenticated
 from app.events import EventStatus
 from app.ingest.native import validate_batch
+from app.ingest.schemas import MAX_EVENT_BYTES
 from app.ingest.segment import SEGMENT_TYPES, message_id, to_native
 from app.runtime.service import Runtime
 from app.sources import Outcome, Source
@@ -40,7 +42,7 @@ router = APIRouter()
 # Segment's own limits (its HTTP API documentation): a message, a batch's bytes (as
 # unpacked) and its messages. Over the batch limits the request is a 400, as Segment
 # answers; Segment then also drops messages past 2,500 silently, which we do not copy.
-MAX_MESSAGE_BYTES = 32 * 1024
+MAX_MESSAGE_BYTES = MAX_EVENT_BYTES
 MAX_BATCH_BYTES = 500 * 1024
 MAX_BATCH_MESSAGES = 2500
 
@@ -60,6 +62,14 @@ class Sender:
 
     name: str
     source: Source | None
+    api_key: ApiKey | None = None  # when an API key posted
+
+    @property
+    def quota(self) -> ApiKey | Source:
+        """Whose bucket the messages are taken from."""
+        sender = self.source or self.api_key
+        assert sender is not None
+        return sender
 
 
 async def segment_sender(request: Request, runtime: Runtime, data: dict[str, Any]) -> Sender:
@@ -74,7 +84,7 @@ async def segment_sender(request: Request, runtime: Runtime, data: dict[str, Any
         )
     if key.startswith(KEY_PREFIX):
         api_key = await check_key(request, key, "ingest")
-        return Sender(api_key.name, None)
+        return Sender(api_key.name, None, api_key)
     source = await runtime.sources.by_write_key(key)
     if source is None:
         raise Unauthenticated("unknown or rotated write key", field="writeKey")
@@ -132,15 +142,22 @@ def _refusal(msg: Any, kind: str | None) -> tuple[str, str] | None:
 
 
 async def handle_segment(
-    request: Request, runtime: Runtime, data: Any, kind: str | None, raw_size: int
+    request: Request,
+    runtime: Runtime,
+    data: Any,
+    kind: str | None,
+    raw_size: int,
+    response: Response,
 ) -> SegmentResponse:
-    """Map, validate and ingest a batch (``kind`` None) or one message of ``kind``."""
+    """Map, validate and ingest a batch (``kind`` None) or one message of ``kind``; a 429
+    when the sender's quota cannot pay a token per message (Segment's SDKs retry a 429)."""
     policy = runtime.current_policy()
     received_at = runtime.clock.now()
     if not isinstance(data, dict):
         raise InvalidInput("the body must be a JSON object", code="invalid_body", field="body")
     sender = await segment_sender(request, runtime, data)
     messages = _messages(data, kind, raw_size)
+    response.headers.update(charge(runtime, sender.quota, len(messages)))
     batch_sent_at = data.get("sentAt") if kind is None else None
     outcomes: list[Outcome | None] = []
     natives: list[dict[str, Any]] = []
@@ -270,9 +287,9 @@ SHORT = {"t": "track", "p": "page", "i": "identify", "g": "group", "a": "alias",
 
 def _batch_route(path: str, operation_id: str) -> None:
     async def handler(
-        request: Request, data: Annotated[Sent, BATCH_BODY], runtime: RuntimeDep
+        request: Request, data: Annotated[Sent, BATCH_BODY], runtime: RuntimeDep, response: Response
     ) -> SegmentResponse:
-        return await handle_segment(request, runtime, data.data, None, data.size)
+        return await handle_segment(request, runtime, data.data, None, data.size, response)
 
     handler.__doc__ = "Segment HTTP Tracking API batch (what the SDKs send)."
     router.add_api_route(path, handler, methods=["POST"], operation_id=operation_id, **SEGMENT_DOC)
@@ -280,9 +297,12 @@ def _batch_route(path: str, operation_id: str) -> None:
 
 def _single_route(path: str, kind: str, operation_id: str) -> None:
     async def handler(
-        request: Request, data: Annotated[Sent, MESSAGE_BODY], runtime: RuntimeDep
+        request: Request,
+        data: Annotated[Sent, MESSAGE_BODY],
+        runtime: RuntimeDep,
+        response: Response,
     ) -> SegmentResponse:
-        return await handle_segment(request, runtime, data.data, kind, data.size)
+        return await handle_segment(request, runtime, data.data, kind, data.size, response)
 
     handler.__doc__ = f"Segment HTTP Tracking API `{kind}` call."
     router.add_api_route(path, handler, methods=["POST"], operation_id=operation_id, **SEGMENT_DOC)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.body import BODY_ERRORS, RequestBody
 from app.api.deps import RuntimeDep, SessionDep, after_commit
+from app.api.keys import MAX_BURST, MAX_RATE
 from app.api.read import ERRORS
 from app.auth import AdminKey, ReadKey
 from app.clock import iso
@@ -26,6 +27,14 @@ from app.sources import KINDS, Source, registry
 
 router = APIRouter()
 KIND_HELP = "one of " + ", ".join(KINDS)
+Rate = Annotated[
+    float | None,
+    Field(default=None, gt=0, le=MAX_RATE, description="events per second; null: the default"),
+]
+Burst = Annotated[
+    int | None,
+    Field(default=None, ge=1, le=MAX_BURST, description="bucket size in events; null: default"),
+]
 
 
 class SourceIn(BaseModel):
@@ -54,6 +63,8 @@ class SourceIn(BaseModel):
         "JMESPath}, signature: {header, algorithm, encoding, prefix, timestamp_header, "
         "tolerance_seconds}}",
     )
+    rate_limit: Rate = None
+    rate_burst: Burst = None
 
 
 class SourcePatch(BaseModel):
@@ -63,6 +74,8 @@ class SourcePatch(BaseModel):
     secret: str | None = None
     signal: str | None = None
     config: dict[str, Any] | None = None
+    rate_limit: Rate = None
+    rate_burst: Burst = None
 
 
 class SourceView(BaseModel):
@@ -75,6 +88,8 @@ class SourceView(BaseModel):
     write_key_prefix: str | None = Field(description="segment: the write key's first characters")
     created_at: str | None
     updated_at: str | None
+    rate_limit: float | None = Field(description="events per second; null: the default")
+    rate_burst: int | None = Field(description="null: the default")
     write_key: str | None = Field(default=None, description="shown only when created or rotated")
     secret: str | None = Field(
         default=None, description="a generated secret, shown only when created or rotated"
@@ -127,6 +142,8 @@ def _view(
         write_key_prefix=s.write_key_prefix,
         created_at=iso(s.created_at),
         updated_at=iso(s.updated_at),
+        rate_limit=s.rate_limit,
+        rate_burst=s.rate_burst,
         write_key=write_key,
         secret=secret,
     )
@@ -138,6 +155,7 @@ def _spec(body: SourceIn | SourcePatch) -> registry.SourceSpec:
         signal=body.signal,
         config=body.config,
         secret=body.secret,
+        quota=body.model_dump(include={"rate_limit", "rate_burst"}, exclude_unset=True),
     )
 
 

@@ -42,6 +42,8 @@ from app.policy.schema import CompiledPolicy
 
 MAX_BATCH_EVENTS = 1000
 MAX_BODY_BYTES = 1024 * 1024
+# One event as sent, in JSON (Segment's limit for a message, kept for every transport).
+MAX_EVENT_BYTES = 32 * 1024
 
 # The same normalisers as pydantic-core constraints, for the values they apply to: plain
 # ASCII, already in (or only a strip and a case change away from) the normal form. They

@@ -54,6 +54,9 @@ class Source:
     write_key_prefix: str | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
+    # Events per second and burst; None: the INTENT_RATE_LIMIT_* defaults.
+    rate_limit: float | None = None
+    rate_burst: int | None = None
 
     def allows_origin(self, origin: str) -> bool:
         """A browser request's ``Origin``; server-side SDKs send none and are not asked."""
@@ -115,6 +118,8 @@ class SourceSpec:
     signal: str | None = None
     config: dict[str, Any] | None = None
     secret: str | None = None
+    # rate_limit and/or rate_burst to set (None: back to the default)
+    quota: dict[str, Any] = field(default_factory=dict)
 
 
 def _row_to_source(r: Any, box: SecretBox | None = None) -> Source:
@@ -129,6 +134,8 @@ def _row_to_source(r: Any, box: SecretBox | None = None) -> Source:
         write_key_prefix=r.write_key_prefix,
         created_at=r.created_at,
         updated_at=r.updated_at,
+        rate_limit=r.rate_limit,
+        rate_burst=r.rate_burst,
     )
 
 
@@ -141,7 +148,9 @@ def _checked(
 ) -> dict[str, Any]:
     """The columns a spec sets, validated for the kind (``current_signal``: the stored one,
     when a change leaves it as it is)."""
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {
+        k: spec.quota[k] for k in ("rate_limit", "rate_burst") if k in spec.quota
+    }
     if spec.allowed_origins is not None:
         if kind != "segment" and spec.allowed_origins:
             raise InvalidInput(
