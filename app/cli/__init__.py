@@ -377,6 +377,11 @@ from app.cli.secrets import secrets_cli  # noqa: E402
 
 cli.add_typer(secrets_cli, name="secrets")
 
+# lead erase | export (app.cli.leads).
+from app.cli.leads import lead_cli  # noqa: E402
+
+cli.add_typer(lead_cli, name="lead")
+
 
 def main() -> None:
     cli()

@@ -39,6 +39,7 @@ from app.ingest.kafka import KafkaIngest, KafkaProducerIngest, ensure_topics
 from app.observability import metrics
 from app.policy.schema import CompiledPolicy
 from app.policy.store import active_policy, ensure_default
+from app.privacy import Privacy
 from app.routing.sla import SlaTimer
 from app.runtime.batcher import Batcher
 from app.runtime.loop_thread import LoopThread
@@ -81,6 +82,8 @@ class Runtime:
         self.destinations = DestinationCache(self.sessionmaker)
         self.sources = SourceStore(self.sessionmaker, self.box)
         self.debugger = Debugger()  # each source's recent messages and their outcomes
+        # Erasure, export, suppression of erased people, retention (app.privacy).
+        self.privacy = Privacy(self.sessionmaker, self.clock, settings, hasher=self.box.keyed_hash)
         self.guard = SsrfGuard(settings.delivery_allowed_hosts)
         # Signs, pins and sends webhooks: the dispatcher's, and the API's test sends.
         self.sender = Sender(
@@ -173,6 +176,12 @@ class Runtime:
                 writes=writes,
             )
             self.sla.start()
+        # The suppression set is loaded before the first batch; erasures run one at a time
+        # with the pipeline's batches; retention runs with the dispatcher.
+        await self.privacy.start(
+            writes=self.pipeline_loop.write if self.pipeline_loop is not None else None,
+            retention=dispatcher,
+        )
         self.batcher.start()
         self._tasks.append(asyncio.create_task(self._refresh_policy(), name="policy-refresh"))
         self._tasks.append(asyncio.create_task(self._sample_gauges(), name="gauges"))
@@ -208,6 +217,7 @@ class Runtime:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.privacy.stop()
         if self.sla is not None:
             await self.sla.stop()
         if self.dispatcher is not None:
@@ -329,6 +339,7 @@ class Runtime:
                     destinations=None,  # read in the transaction: never stale
                     now=now,
                     lease_until=lease,
+                    drop=self.privacy.suppressions.drops,
                 )
 
         if self.pipeline_loop is not None:
