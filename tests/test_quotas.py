@@ -7,6 +7,7 @@ Issue 13's finding "No rate limit" is held here."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import time
@@ -18,9 +19,10 @@ from sqlalchemy import func, select
 
 from app.api.ratelimit import RateLimiter
 from app.clock import FakeClock
+from app.config import Settings
 from app.db import events
 from app.ingest.schemas import MAX_EVENT_BYTES
-from tests.support.harness import Service, event, ts
+from tests.support.harness import Service, event, service, ts
 from tests.test_hooks import CALENDLY_BOOKING, calendly_headers
 
 HEADERS = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
@@ -112,6 +114,30 @@ async def test_the_defaults_come_from_the_settings(svc: Service, clock: FakeCloc
     clock.advance(1.0)  # the tokens lowering the burst took come back at the rate
     r = await svc.client.post("/v1/events", json={"events": [one(clock, "d-2")] * 4})
     assert r.status_code == 202, r.text
+
+
+async def test_a_flood_from_one_key_gets_its_burst_and_429s(
+    settings: Settings, clock: FakeClock
+) -> None:
+    # The finding: 5,000 posts from one key at 64 in flight were 5,000 × 202. With the
+    # defaults at 50/s and a burst of 200 and the clock held still, exactly 200 pass.
+    quota = settings.model_copy(
+        update={"rate_limit_events_per_second": 50.0, "rate_limit_burst": 200}
+    )
+    async with service(quota, clock) as svc:
+        gate = asyncio.Semaphore(64)
+
+        async def post(i: int) -> int:
+            async with gate:
+                r = await svc.client.post("/v1/events", json=one(clock, f"f-{i}"))
+                return r.status_code
+
+        codes = await asyncio.gather(*(post(i) for i in range(600)))
+        assert (codes.count(202), codes.count(429)) == (200, 400)
+        assert await stored(svc) == 200
+        clock.advance(1.0)
+        codes = await asyncio.gather(*(post(1000 + i) for i in range(60)))
+        assert (codes.count(202), codes.count(429)) == (50, 10)
 
 
 def test_the_bucket_refills_at_its_rate_up_to_its_burst() -> None:
