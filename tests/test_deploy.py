@@ -636,6 +636,8 @@ def test_deployment_matches_the_app() -> None:
     security = pod["spec"]["securityContext"]
     assert security["runAsNonRoot"] is True and security["runAsUser"] == int(user.group(1))
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    # PostgreSQL needs the secret key; it comes from the Secret like the database URL.
+    assert "secretKeyRef" in env["INTENT_SECRET_KEY"]["valueFrom"]
 
 
 def probe_paths() -> set[str]:
@@ -656,7 +658,8 @@ def test_service_hpa_and_pdb_point_at_the_deployment() -> None:
 
     pdb = k8s_object("PodDisruptionBudget")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
-    assert pdb["spec"]["minAvailable"] < deployment["spec"]["replicas"]
+    # The HPA owns the count: a replicas field would reset it on every kubectl apply.
+    assert "replicas" not in deployment["spec"]
 
     hpa = k8s_object("HorizontalPodAutoscaler")
     target = hpa["spec"]["scaleTargetRef"]
@@ -685,6 +688,165 @@ def test_policy_configmap_is_a_valid_policy_the_job_applies() -> None:
     (volume,) = [v for v in spec["volumes"] if v["name"] == "policy"]
     assert volume["configMap"]["name"] == "intent-router-policy"
     assert command[3] == f"{mount['mountPath']}/policy.yaml"
+
+
+def test_pods_mount_no_service_account_token_and_the_job_is_cleaned_up() -> None:
+    for kind in ("Deployment", "Job"):
+        pod = k8s_object(kind)["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is False, kind
+    # A finished Job (and its pod) is removed, not kept forever.
+    assert k8s_object("Job")["spec"]["ttlSecondsAfterFinished"] > 0
+
+
+def rule_ports(rule: dict[str, Any]) -> set[tuple[int | str, str]]:
+    return {(p["port"], p.get("protocol", "TCP")) for p in rule["ports"]}
+
+
+def test_network_policy_allows_the_service_port_in_and_only_what_it_needs_out() -> None:
+    policy = k8s_object("NetworkPolicy")
+    spec = policy["spec"]
+    selected = spec["podSelector"]["matchLabels"].items()
+    for kind in ("Deployment", "Job"):  # the server and the policy Job alike
+        assert selected <= k8s_object(kind)["spec"]["template"]["metadata"]["labels"].items()
+    assert sorted(spec["policyTypes"]) == ["Egress", "Ingress"]
+    # In: the port the Service sends to, nothing else.
+    (ingress,) = spec["ingress"]
+    (target,) = {p["targetPort"] for p in k8s_object("Service")["spec"]["ports"]}
+    assert rule_ports(ingress) == {(target, "TCP")}
+    # Out: every rule names its ports (none allows everything).
+    assert all(rule.get("ports") for rule in spec["egress"])
+    ports = set().union(*(rule_ports(rule) for rule in spec["egress"]))
+    data = k8s_object("ConfigMap", "intent-router-config")["data"]
+    kafka_port = int(data["kafka-bootstrap"].rsplit(":", 1)[1])
+    assert ports == {(53, "UDP"), (53, "TCP"), (5432, "TCP"), (kafka_port, "TCP"), (443, "TCP")}
+    (dns,) = [r for r in spec["egress"] if (53, "UDP") in rule_ports(r)]
+    (peer,) = dns["to"]
+    assert peer["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
+
+
+# ---------------------------------------------------------------------------------------
+# The image: base by digest, dependencies from the lock, a small build context
+
+DIGEST = re.compile(r"@sha256:[0-9a-f]{64}(\s|$)")
+
+
+def test_the_base_image_is_pinned_by_digest() -> None:
+    stages: set[str] = set()
+    bases = []
+    for line in dockerfile().splitlines():
+        found = re.match(r"FROM\s+(\S+)(?:\s+AS\s+(\S+))?", line, re.I)
+        if found:
+            image, stage = found.groups()
+            if image not in stages:
+                bases.append(image)
+            if stage:
+                stages.add(stage)
+    assert bases, "no FROM line"
+    for image in bases:
+        assert DIGEST.search(image + " "), f"{image} is not pinned by digest"
+    assert len(set(bases)) == 1, "build and runtime start from the same image"
+
+
+def lock_pins() -> dict[str, str]:
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        found = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", line)
+        if found:
+            pins[canonicalize_name(found[1])] = found[2]
+    return pins
+
+
+def test_the_lock_pins_every_dependency_with_hashes() -> None:
+    """Each dependency of pyproject.toml, and each of theirs (extras included), is pinned
+    in requirements.lock to a version its specifier allows, with at least one hash."""
+    import tomllib
+    from importlib.metadata import PackageNotFoundError, requires
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    text = (ROOT / "requirements.lock").read_text()
+    pins = lock_pins()
+    blocks = re.split(r"\n(?=[A-Za-z0-9])", text)
+    unhashed = [b.split("==")[0] for b in blocks if "==" in b and "--hash=sha256:" not in b]
+    assert not unhashed, f"pinned without a hash: {unhashed}"
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    wanted = [(Requirement(d), "") for d in declared]
+    seen: set[tuple[str, str]] = set()
+    while wanted:
+        req, extra = wanted.pop()
+        if req.marker is not None and not req.marker.evaluate({"extra": extra}):
+            continue
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{req} (pyproject.toml or a dependency's) is not in the lock"
+        assert req.specifier.contains(pins[name], prereleases=True), (str(req), pins[name])
+        for chosen in ("", *req.extras):
+            if (name, chosen) in seen:
+                continue
+            seen.add((name, chosen))
+            try:
+                reqs = requires(name) or []
+            except PackageNotFoundError:  # not installed here: only its own pin is checked
+                continue
+            wanted += [(Requirement(r), chosen) for r in reqs]
+
+
+def test_the_dockerfile_installs_the_lock_with_hashes_then_the_package_alone() -> None:
+    text = dockerfile()
+    assert re.search(r"^COPY requirements\.lock ", text, re.M)
+    lock = re.search(r"pip install .*--require-hashes.* -r requirements\.lock", text)
+    package = re.search(r"pip install (?=.*--no-deps).* \.$", text, re.M)
+    assert lock and "--no-deps" in lock[0], "the lock is installed with hashes, as is"
+    assert package and package.start() > lock.start(), "then the package, resolving nothing"
+
+
+def docker_ignored(path: str, patterns: list[str]) -> bool:
+    """As Docker reads .dockerignore: a pattern excludes the path or any of its parents."""
+    from fnmatch import fnmatchcase
+
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    for pattern in patterns:
+        pattern = pattern.strip("/")
+        tail = pattern.removeprefix("**/")
+        for prefix in prefixes:
+            names = [prefix]
+            if tail != pattern:  # **/x: x at any depth
+                names += ["/".join(prefix.split("/")[i:]) for i in range(prefix.count("/") + 1)]
+            if any(fnmatchcase(n, tail if tail != pattern else pattern) for n in names):
+                return True
+    return False
+
+
+def test_dockerignore_keeps_local_state_out_and_what_the_image_needs_in() -> None:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    patterns = [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
+    assert not [p for p in patterns if p.startswith("!")], "no exceptions to reason about"
+    for path in (
+        ".venv/bin/python",
+        ".data/intent-router.db",
+        ".data/secret.key",
+        ".git/HEAD",
+        "tests/clients/node_modules/@segment/analytics-node/package.json",
+        ".services/postgres/data",
+        "app/__pycache__/main.cpython-311.pyc",
+        ".pytest_cache/v",
+        ".mypy_cache/3.11",
+        ".ruff_cache/x",
+        ".hypothesis/examples",
+        ".env",
+    ):
+        assert docker_ignored(path, patterns), f"{path} would be sent to the build"
+    copied = re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile(), re.M)
+    for sources in copied:
+        for source in sources.split():
+            assert (ROOT / source).exists(), f"COPY {source}: no such file"
+            assert not docker_ignored(source, patterns), f"COPY {source} is ignored"
+    assert not docker_ignored("app/main.py", patterns)
+    assert not docker_ignored("migrations/env.py", patterns)
 
 
 # ---------------------------------------------------------------------------------------
