@@ -107,12 +107,7 @@ async def delivered(svc: Service, decision_id: str) -> None:
     await eventually(check)
 
 
-# The lane key of a lead's deliveries is its lead id; only the delivery lifecycle may
-# write deliveries, and its ``rename_lanes`` is not there yet (see the xfail below).
-LANE = "deliveries.order_key"
-
-
-async def scan(svc: Service, *, lanes: bool = False) -> list[str]:
+async def scan(svc: Service) -> list[str]:
     """Every table, every column, as text: where any of the needles still is."""
     found = []
     async with svc.runtime.sessionmaker() as s:
@@ -120,8 +115,6 @@ async def scan(svc: Service, *, lanes: bool = False) -> list[str]:
             for row in (await s.execute(select(table))).all():
                 for column, value in row._mapping.items():
                     where = f"{table.name}.{column}"
-                    if where == LANE and not lanes:
-                        continue
                     found += [f"{where}: {n}" for n in traces(str(value))]
     return found
 
@@ -281,17 +274,12 @@ async def test_erasure_and_export_need_an_admin_key(svc: Service, clock: FakeClo
     assert (await lead(svc, EMAIL))["email"] == EMAIL
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the lead id stays in deliveries.order_key until app.delivery.lifecycle has "
-    "rename_lanes (only the lifecycle writes deliveries); remove this mark with it",
-)
 async def test_erasure_renames_the_delivery_lanes(svc: Service, clock: FakeClock) -> None:
     async with echo_receiver() as hook:
         await setup(svc, hook)
         await delivered(svc, await make_person(svc, clock))
     assert (await svc.client.delete(f"/v1/leads/{EMAIL}")).status_code == 200
-    assert await scan(svc, lanes=True) == []
+    assert await scan(svc) == []
 
 
 CLI = str(Path(sys.executable).parent / "intent-router")

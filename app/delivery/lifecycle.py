@@ -389,3 +389,12 @@ async def test_send(session: AsyncSession, dest_id: str, *, sender: Sender, now:
     }
     prepared = await sender.prepare(dest, orjson.dumps(ping), msg_id=new_id("msg", now))
     return await sender.post(dest.id, prepared)
+
+
+async def rename_lanes(session: AsyncSession, lead_ids: Sequence[str], new: str) -> int:
+    """An erased person's delivery lanes (keyed by lead id) take the erasure's pseudonym;
+    their order (``seq``) is kept."""
+    result: Any = await session.execute(
+        update(deliveries).where(deliveries.c.order_key.in_(list(lead_ids))).values(order_key=new)
+    )
+    return int(result.rowcount or 0)

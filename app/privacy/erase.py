@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import decisions, deliveries, delivery_attempts, dispositions, events, identities
 from app.db import leads as leads_table
+from app.delivery import lifecycle
 from app.privacy.person import Person, Scrubber
 
 ERASED_PAYLOAD = '{"erased":true}'
@@ -103,6 +104,7 @@ async def erase_person(session: AsyncSession, person: Person, *, pseudonym: str)
     )
     decision_ids = await _decisions(session, person, scrub, pseudonym)
     counts["decisions"] = len(decision_ids)
+    counts["deliveries"] = await lifecycle.rename_lanes(session, person.lead_ids, pseudonym)
     counts["delivery_attempts"] = (
         await _rowcount(
             session,
