@@ -48,12 +48,26 @@ ACCOUNT_FIELDS = (
 ACCOUNT_RESERVED = frozenset({"domain", "active_leads", *ACCOUNT_FIELDS})
 
 _EMAIL = re.compile(r"^[^@\s]+@([a-z0-9-]+(?:\.[a-z0-9-]+)+)$")
+# RFC 5321's limits: 64 for the local part + "@" + 255 for the domain.
+MAX_EMAIL = 320
+# C0 and C1 control characters and DEL: never part of an id, a name or a URL (a CR or LF
+# in a header or a log line is an injection; a NUL truncates in C libraries and PostgreSQL).
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 _SLUG = re.compile(r"[^a-z0-9]+")
 
 
+def no_control(v: str) -> str:
+    """``v`` unchanged; a ValueError when it holds a control character."""
+    if CONTROL.search(v):
+        raise ValueError("must not contain control characters (such as CR, LF, tab or NUL)")
+    return v
+
+
 def normalise_email(v: str) -> str:
-    v = v.strip().lower()
+    v = no_control(v.strip().lower())
+    if len(v) > MAX_EMAIL:
+        raise ValueError(f"at most {MAX_EMAIL} characters")
     if not _EMAIL.match(v):
         raise ValueError("not a valid email address")
     return v
@@ -87,8 +101,20 @@ Email = Annotated[str, AfterValidator(normalise_email)]
 Domain = Annotated[str, AfterValidator(normalise_domain)]
 Country = Annotated[str, AfterValidator(normalise_country)]
 Slug = Annotated[str, AfterValidator(normalise_slug)]
-Identifier = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
-ShortText = Annotated[str, StringConstraints(max_length=300, strip_whitespace=True)]
+Identifier = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=200, strip_whitespace=True),
+    AfterValidator(no_control),
+]
+ShortText = Annotated[
+    str, StringConstraints(max_length=300, strip_whitespace=True), AfterValidator(no_control)
+]
+# A name an admin gives (a destination's, say): printable, one line.
+Name = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=200, strip_whitespace=True),
+    AfterValidator(no_control),
+]
 EventType = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 
 
@@ -177,3 +203,18 @@ class Candidate:
     fit_breakdown: list[dict[str, Any]]
     trigger_event_id: str | None
     event_received_at: float | None
+
+
+def shallow(value: Any, depth: int = 32) -> Any:
+    """``value`` with whatever is nested deeper than ``depth`` replaced by ``"…"``: safe to
+    encode or print however deep the input was (JSON parsers accept ~1,000 levels; the
+    encoders and ``repr`` do not)."""
+    if isinstance(value, dict):
+        if depth <= 0:
+            return "…"
+        return {str(k): shallow(v, depth - 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        if depth <= 0:
+            return "…"
+        return [shallow(v, depth - 1) for v in value]
+    return value

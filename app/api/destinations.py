@@ -21,6 +21,7 @@ from app.clock import iso
 from app.delivery import lifecycle
 from app.delivery.destinations import FILTER_KEYS, destination_row, destination_rows
 from app.errors import error_responses
+from app.events import Name
 
 router = APIRouter()
 # Routes that read a body also answer 400 (not JSON/YAML) and 413 (too large).
@@ -38,7 +39,7 @@ class DestinationFilter(BaseModel):
 class DestinationIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200)
+    name: Name
     url: str = Field(min_length=1, max_length=2000)
     enabled: bool = True
     format: Literal["json", "slack"] = "json"
@@ -48,7 +49,7 @@ class DestinationIn(BaseModel):
 class DestinationPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = Field(default=None, min_length=1, max_length=200)
+    name: Name | None = None
     url: str | None = Field(default=None, min_length=1, max_length=2000)
     enabled: bool | None = None
     format: Literal["json", "slack"] | None = None

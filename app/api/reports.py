@@ -51,6 +51,17 @@ def window(since: datetime | None, until: datetime | None, now: float) -> tuple[
 
 
 CSV_COLUMNS = [name for name in SourceGroup.model_fields if name != "rejection_reasons"]
+# A text cell starting with one of these is a formula to Excel, LibreOffice and Sheets
+# (``=HYPERLINK(…)`` in a source name): prefixed with ``'``, as OWASP's CSV injection
+# guidance says, so it is shown as text. Numbers are written as numbers.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def cell(value: object) -> object:
+    """A CSV cell that a spreadsheet shows as written, never evaluates."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
 
 
 def to_csv(report: SourceReport, reasons: Sequence[str]) -> str:
@@ -59,12 +70,12 @@ def to_csv(report: SourceReport, reasons: Sequence[str]) -> str:
     all_reasons = [*reasons, *sorted(seen - set(reasons))]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\r\n")
-    writer.writerow([*CSV_COLUMNS, *(f"reason_{r}" for r in all_reasons)])
+    writer.writerow([cell(c) for c in (*CSV_COLUMNS, *(f"reason_{r}" for r in all_reasons))])
     for g in report.groups:
         values = g.model_dump()
         writer.writerow(
             [
-                *("" if values[c] is None else values[c] for c in CSV_COLUMNS),
+                *("" if values[c] is None else cell(values[c]) for c in CSV_COLUMNS),
                 *(g.rejection_reasons.get(r, 0) for r in all_reasons),
             ]
         )

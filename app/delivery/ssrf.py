@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -33,6 +34,22 @@ Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 class SsrfRefused(InvalidInput):
     code = "destination_refused"
+
+
+# Control characters and whitespace: Python's urlsplit drops a tab or newline silently while
+# the HTTP client refuses the URL, so such a URL must never be stored, nor sent.
+_UNSAFE = re.compile(r"[\x00-\x20\x7f-\x9f]")
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` can never be sent (whatever it resolves to), or None."""
+    bad = _UNSAFE.search(url)
+    if bad is not None:
+        return (
+            f"the url contains {'a space' if bad.group() == ' ' else 'a control character'} "
+            f"({bad.group()!r} at position {bad.start()}): percent-encode it"
+        )
+    return None
 
 
 async def system_resolver(host: str, port: int) -> list[str]:
@@ -103,6 +120,9 @@ class SsrfGuard:
         return await self._target(url, cached=True)
 
     async def _target(self, url: str, *, cached: bool) -> Target:
+        problem = url_problem(url)
+        if problem is not None:
+            raise SsrfRefused(problem, code="invalid_url", field="url")
         try:
             parts = urlsplit(url)
             port = parts.port

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from app.events import MAX_EMPLOYEES
+from app.events import MAX_EMPLOYEES, shallow
 from app.policy.schema import CompiledPolicy
 
 MIN_TIME = 946684800.0  # 2000-01-01
@@ -60,8 +60,32 @@ def message_id(msg: dict[str, Any]) -> str:
     given = msg.get("messageId")
     if isinstance(given, str | int) and not isinstance(given, bool) and str(given):
         return str(given)
-    digest = hashlib.sha256(orjson.dumps(msg, option=orjson.OPT_SORT_KEYS, default=str))
-    return "seg_" + digest.hexdigest()[:32]
+    try:
+        text = orjson.dumps(msg, option=orjson.OPT_SORT_KEYS, default=str)
+    except TypeError:  # nested deeper than the encoder goes: digest what it can encode
+        text = orjson.dumps(shallow(msg), option=orjson.OPT_SORT_KEYS, default=str)
+    return "seg_" + hashlib.sha256(text).hexdigest()[:32]
+
+
+def encoded_size(msg: Any) -> int | None:
+    """The message's size as JSON, in bytes; None when it is nested too deep to encode
+    (JSON parsers accept ~1,000 levels, orjson encodes 254): refuse it as such."""
+    try:
+        return len(orjson.dumps(msg, default=str))
+    except TypeError:
+        return None
+
+
+def segment_id(value: Any) -> Any:
+    """A Segment ``userId``/``anonymousId``/``groupId`` as our identifier: a string, or a
+    number as its text. Anything else (an object, a list, a boolean) is passed on as it
+    is, for the validator to refuse naming the field; never ``str()`` of it, which for
+    an object nested a thousand deep is a RecursionError."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return shallow(value, 2)
 
 
 # context fields kept on the stored event, under these property names.
@@ -120,9 +144,9 @@ def _lead(msg: dict[str, Any], traits: dict[str, Any]) -> dict[str, Any]:
     if isinstance(email, str) and "@" in email:
         lead["email"] = email
     if msg.get("anonymousId"):
-        lead["anonymous_id"] = str(msg["anonymousId"])
+        lead["anonymous_id"] = segment_id(msg["anonymousId"])
     if msg.get("userId"):
-        lead["user_id"] = str(msg["userId"])
+        lead["user_id"] = segment_id(msg["userId"])
     for ours, theirs in (
         ("first_name", ("firstName", "first_name")),
         ("last_name", ("lastName", "last_name")),
@@ -212,7 +236,7 @@ def to_native(
         account = _account(_dict(msg.get("traits")))
         traits = _dict(context.get("traits"))
         if msg.get("groupId"):
-            properties["group_id"] = str(msg["groupId"])
+            properties["group_id"] = segment_id(msg["groupId"])
     elif msg_type == "alias":
         if msg.get("previousId"):
             msg = {**msg, "anonymousId": msg["previousId"]}

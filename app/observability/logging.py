@@ -2,16 +2,27 @@
 
 ``configure()`` sends every logger (ours, uvicorn's, aiokafka's) through one JSON
 formatter on stderr. ``RequestLog`` gives each HTTP request an id (``X-Request-ID`` when
-the caller sends a sane one, else a new one), echoes it in the response, and logs one
-line per request; anything logged while the request runs carries the same id. Values
-that look like credentials (API keys, webhook secrets, Authorization values) are
-replaced before a line is written, whatever logged them.
+the caller sends a safe one, else a new one), echoes it in the response, and logs one
+line per request; anything logged while the request runs carries the same id.
+
+Nothing a client sends is written as sent, whatever logged it (the formatter scrubs the
+message, every extra field and tracebacks): values that look like credentials (API and
+write keys, webhook secrets, Authorization values) are replaced by ``[redacted]``; a URL
+keeps only scheme://host/path (no user:password@, no ?query, where tokens travel); an
+email address becomes ``<email:…>``, a short keyed hash (the same address gives the
+same hash within a process, or across replicas given one ``email_key``), so lines about
+one person still correlate without naming them. A request id is the caller's only when
+it is 1–64 characters of ``[A-Za-z0-9._-]`` and not a credential; otherwise a new one
+is generated and the one sent is never logged.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import re
+import secrets
 import sys
 import time
 import uuid
@@ -23,23 +34,46 @@ import orjson
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 
-_SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
 _SECRET = re.compile(
-    r"(ir_[A-Za-z0-9_\-]{16,}|whsec_[A-Za-z0-9+/=]{8,}|(?i:bearer|basic)\s+[A-Za-z0-9._~+/=\-]+)"
+    r"(ir_[A-Za-z0-9_\-]{16,}|wk_[A-Za-z0-9_\-]{16,}|whsec_[A-Za-z0-9+/=]{8,}"
+    r"|(?i:bearer|basic)\s+[A-Za-z0-9._~+/=\-]+)"
 )
 REDACTED = "[redacted]"
+# scheme://[userinfo@]host[/path][?query][#fragment]: userinfo, query and fragment go.
+_URL = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)(?:[^\s/?#@]*@)?([^\s/?#]*)([^\s?#]*)(?:[?#]\S*)?")
+# An address as it appears in paths and text (also percent-encoded, as in a raw path).
+_EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+(?:@|%40)[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+")
+_email_key = secrets.token_bytes(32)
 # Attributes every LogRecord has; anything else was passed with ``extra=`` and is logged.
 # (uvicorn adds a colourised copy of its message: not for JSON.)
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message"}
 
 
 def redact(text: str) -> str:
+    """``text`` with anything that looks like a credential replaced."""
     return _SECRET.sub(REDACTED, text)
+
+
+def _email_hash(match: re.Match[str]) -> str:
+    address = match.group().replace("%40", "@").lower().encode()
+    return "<email:" + hmac.new(_email_key, address, hashlib.sha256).hexdigest()[:12] + ">"
+
+
+def scrub(text: str) -> str:
+    """What a log line may carry of ``text``: credentials redacted, URLs without userinfo
+    or query, email addresses as keyed hashes."""
+    text = _SECRET.sub(REDACTED, text)
+    if "://" in text:
+        text = _URL.sub(r"\1\2\3", text)
+    if "@" in text or "%40" in text:
+        text = _EMAIL.sub(_email_hash, text)
+    return text
 
 
 def _clean(value: Any) -> Any:
     if isinstance(value, str):
-        return redact(value)
+        return scrub(value)
     if isinstance(value, list | tuple):
         return [_clean(v) for v in value]
     if isinstance(value, dict):
@@ -54,7 +88,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "process": record.process,
-            "msg": redact(record.getMessage()),
+            "msg": scrub(record.getMessage()),
         }
         request_id = REQUEST_ID.get()
         if request_id is not None:
@@ -63,7 +97,7 @@ class JsonFormatter(logging.Formatter):
             if key not in _STANDARD and not key.startswith("_"):
                 out[key] = _clean(value)
         if record.exc_info:
-            out["error"] = redact(self.formatException(record.exc_info))
+            out["error"] = scrub(self.formatException(record.exc_info))
         return orjson.dumps(out, default=str).decode()
 
 
@@ -100,8 +134,12 @@ class RepeatFilter(logging.Filter):
 _NUMBERS = re.compile(r"\d+")
 
 
-def configure(level: str = "INFO", stream: Any = None) -> None:
-    """Route every logger through one JSON handler (replacing earlier handlers)."""
+def configure(level: str = "INFO", stream: Any = None, email_key: bytes | None = None) -> None:
+    """Route every logger through one JSON handler (replacing earlier handlers).
+    ``email_key``: what email hashes are keyed with (default: random per process)."""
+    global _email_key
+    if email_key:
+        _email_key = email_key
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
     handler.addFilter(RepeatFilter())
@@ -113,9 +151,17 @@ def configure(level: str = "INFO", stream: Any = None) -> None:
         logging.getLogger(name).propagate = True
     # Chatty at INFO (every group join and metadata refresh); their warnings still show.
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
+    # The HTTP client logs each request's full URL at INFO (and DEBUG): a webhook's
+    # user:password@ and ?token= with it. Their warnings still show (scrubbed).
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
 
 
 access = logging.getLogger("app.access")
+# Also before configure() (an app embedded, or tests): httpx logs full URLs at INFO.
+for _name in ("httpx", "httpcore"):
+    if logging.getLogger(_name).level < logging.WARNING:
+        logging.getLogger(_name).setLevel(logging.WARNING)
 
 
 class RequestLog:
@@ -132,7 +178,7 @@ class RequestLog:
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 text = value.decode("latin-1")
-                if _SAFE_ID.match(text):
+                if _SAFE_ID.fullmatch(text) and not _SECRET.search(text):
                     request_id = text
                 break
         request_id = request_id or uuid.uuid4().hex
@@ -152,14 +198,17 @@ class RequestLog:
             await self.app(scope, receive, send_with_id)
         finally:
             if access.isEnabledFor(logging.INFO):
+                # Scrubbed here too, not only by our formatter: /v1/leads/dana@acme.com
+                # names a person to whatever handler is attached.
+                path = scrub(scope["path"])
                 access.info(
                     "%s %s %d",
                     scope["method"],
-                    scope["path"],
+                    path,
                     status,
                     extra={
                         "method": scope["method"],
-                        "path": scope["path"],
+                        "path": path,
                         "status": status,
                         "duration_ms": round((time.perf_counter() - started) * 1000, 3),
                     },

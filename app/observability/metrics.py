@@ -1,13 +1,54 @@
-"""Every Prometheus metric the service exposes, in one place."""
+"""Every Prometheus metric the service exposes, in one place.
+
+Every label takes values from a bounded set, never from what a client sends: ``source``
+only names registered sources (anything else, such as the API key's name a native event
+defaults to, is counted as ``other``); event ``type`` only the policy's signals (an event
+of another type is refused before it is counted); codes, outcomes, stages and statuses
+are the program's own constants; rules, teams and destinations are what an admin
+configured. So ``/metrics`` stays the same size however many distinct values arrive.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Self
 
 from prometheus_client import Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+OTHER_SOURCE = "other"
 
-EVENTS_INGESTED = Counter(
-    "intent_events_ingested_total", "Events accepted and applied", ["source", "type", "transport"]
+# Names of the registered sources, as last read by the source store (replaced whole, so
+# a reader on another thread always sees one consistent set).
+_registered_sources: frozenset[str] = frozenset()
+
+
+def register_sources(names: Iterable[str]) -> None:
+    """The registered sources' names: the only values the ``source`` label takes."""
+    global _registered_sources
+    _registered_sources = frozenset(names)
+
+
+def source_label(source: str) -> str:
+    return source if source in _registered_sources else OTHER_SOURCE
+
+
+class _BySource(Counter):
+    """A counter whose first label, ``source``, only takes registered names (else
+    ``other``): an event's source is whatever the client wrote."""
+
+    def labels(self, *labelvalues: object, **labelkwargs: object) -> Self:
+        if labelkwargs:
+            labelkwargs["source"] = source_label(str(labelkwargs["source"]))
+        elif labelvalues:
+            labelvalues = (source_label(str(labelvalues[0])), *labelvalues[1:])
+        return super().labels(*labelvalues, **labelkwargs)
+
+
+EVENTS_INGESTED = _BySource(
+    "intent_events_ingested_total",
+    'Events accepted and applied; source is a registered source\'s name, else "other"',
+    ["source", "type", "transport"],
 )
 EVENTS_DUPLICATE = Counter(
     "intent_events_duplicate_total", "Events ignored because their event_id was seen", ["transport"]

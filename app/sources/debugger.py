@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from app.clock import iso
+from app.events import shallow
 from app.observability import metrics
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 PER_SOURCE = 100
 MAX_SOURCES = 500
 SAMPLE_BYTES = 2048
+SAMPLE_DEPTH = 16
 
 
 @dataclass(frozen=True)
@@ -49,11 +51,17 @@ class Outcome:
 
 
 def sample_of(message: Any) -> str:
+    """The message as JSON, cut to ``SAMPLE_BYTES``: whatever its depth (levels past
+    ``SAMPLE_DEPTH`` show as "…"; ``repr`` of a deep object is a RecursionError)."""
     try:
-        text = orjson.dumps(message, default=str).decode()
-    except (TypeError, orjson.JSONEncodeError):
-        text = repr(message)
+        text = orjson.dumps(shallow(message, SAMPLE_DEPTH), default=_text).decode()
+    except TypeError:  # an integer past 64 bits, from a webhook parsed with json
+        text = f"<{type(message).__name__} that cannot be shown as JSON>"
     return text if len(text) <= SAMPLE_BYTES else text[:SAMPLE_BYTES] + "…"
+
+
+def _text(value: Any) -> str:
+    return f"<{type(value).__name__}>"
 
 
 def rejection_reason(st: Any, fields: dict[str, str] | None = None) -> str:

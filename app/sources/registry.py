@@ -27,6 +27,7 @@ from app.crypto import SecretBox
 from app.db import sources
 from app.errors import Conflict, InvalidInput, NotFound, Unavailable
 from app.ingest import hooks
+from app.observability import metrics
 
 log = logging.getLogger(__name__)
 
@@ -343,6 +344,7 @@ class SourceStore:
         by_name = {r.name: _row_to_source(r, self._box) for r in rows}
         self._by_key = {r.write_key_hash: by_name[r.name] for r in rows if r.write_key_hash}
         self._by_name = by_name
+        metrics.register_sources(by_name)  # the only values its source label takes
         self._origins = frozenset(o for s in by_name.values() for o in s.allowed_origins)
         self._loaded_at = time.monotonic()
 

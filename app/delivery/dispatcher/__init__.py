@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import Counter
@@ -35,7 +36,8 @@ from app.delivery.destinations import DestinationCache
 from app.delivery.dispatcher import claim, record
 from app.delivery.lifecycle import NewDelivery
 from app.delivery.send import Sender
-from app.delivery.transition import Job, Outcome, Retry, Sent, health, transition
+from app.delivery.ssrf import url_problem
+from app.delivery.transition import Job, Outcome, Retry, Sent, State, health, transition
 from app.observability import metrics
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ POLL_SECONDS = 1.0
 HEALTHY_SECONDS = 2.0
 # How long recording waits after the first result for more to write with it.
 RECORD_LINGER_SECONDS = 0.01
+INVALID_URL = "invalid_url"  # the error of an attempt refused for its URL's characters
 
 # What runs the dispatcher's write transactions.
 Writes = Callable[[Transaction[Any]], Awaitable[Any]]
@@ -96,6 +99,8 @@ class Dispatcher:
         self._tasks: list[asyncio.Task[None]] = []
         self._poll_now = asyncio.Event()
         self.running = False
+        # Set once stop() begins: from then on nothing claimed is sent (it is given back).
+        self.stopping = False
 
     async def _write_here(self, txn: Transaction[Any]) -> Any:
         return await txn(self._sessionmaker)
@@ -109,10 +114,22 @@ class Dispatcher:
         ]
 
     async def stop(self, grace: float = 10.0) -> None:
-        """Let in-flight attempts finish (up to ``grace`` s), record them, then stop."""
+        """Stop claiming, let attempts already sending finish (up to ``grace`` s), give
+        back every claim not yet sent, record it all, then stop.
+
+        Nothing claimed is started once this has begun: a claim the poller or the
+        pipeline hands over now, or one queued behind a destination's concurrency limit,
+        is released (another replica, or the next start, sends it at once) rather than
+        sent by a process about to exit, whose result could then not be recorded."""
         self.running = False
-        if self._inflight:
-            await asyncio.wait(self._inflight, timeout=grace)
+        self.stopping = True
+        self._poll_now.set()  # the poller sees ``stopping`` and ends (after any claim)
+        if self._tasks and not self._tasks[0].done():
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._tasks[0]), grace)
+        deadline = time.monotonic() + grace
+        while self._inflight and (left := deadline - time.monotonic()) > 0:
+            await asyncio.wait(set(self._inflight), timeout=left)
         async with self._writing:  # never cancel the writer in the middle of a write
             for task in self._tasks:
                 task.cancel()
@@ -155,13 +172,20 @@ class Dispatcher:
         return time.monotonic() - self._last_success.get(destination_id, -1e9) < HEALTHY_SECONDS
 
     def _start(self, job: Job) -> None:
+        if self.stopping:
+            self._give_back(job)
+            return
         self._held[job.destination_id] += 1
         task = asyncio.create_task(self._deliver(job))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
+    def _give_back(self, job: Job) -> None:
+        self._release.append((job.id, job.destination_id))
+        self._results_ready.set()
+
     async def _poll_loop(self) -> None:
-        while True:
+        while not self.stopping:
             try:
                 for job in await self._claim_due():
                     self._start(job)
@@ -196,6 +220,9 @@ class Dispatcher:
         try:
             sem = self._limits.setdefault(job.destination_id, asyncio.Semaphore(self._concurrency))
             async with sem:
+                if self.stopping:  # queued behind the limit when shutdown began
+                    self._give_back(job)
+                    return
                 margin = min(self._timeout, self.lease / 2)
                 if job.lease_until is not None and self._clock.now() > job.lease_until - margin:
                     # Queued too long behind a slow endpoint: our claim could lapse
@@ -205,7 +232,12 @@ class Dispatcher:
                 if dest is None:  # new since the cache was read, or really deleted
                     self._destinations.invalidate()
                     dest = (await self._destinations.all()).get(job.destination_id)
-                outcome = await self.sender.attempt(job, dest)
+                problem = url_problem(dest.url) if dest is not None and dest.enabled else None
+                if problem is not None:  # stored before URLs were checked for this
+                    now = self._clock.now()
+                    outcome = Outcome(job, Sent(now, 0.0, None, f"{INVALID_URL}: {problem}"))
+                else:
+                    outcome = await self.sender.attempt(job, dest)
             self._record(outcome)
         finally:
             self._held[job.destination_id] -= 1
@@ -271,7 +303,7 @@ class Dispatcher:
         """Record a batch: each outcome's transition, the destinations' health; then
         resend what is due again at once and wake the lanes that finished."""
         now = self._clock.now()
-        states = [transition(o, now=now, policy=self._retry) for o in batch]
+        states = [_dead_if_unsendable(o, transition(o, now=now, policy=self._retry)) for o in batch]
         known = await self._destinations.all()
         moved = health(
             batch,
@@ -324,6 +356,15 @@ class Dispatcher:
                 self._disable_after,
             )
             metrics.DESTINATIONS_DISABLED.labels("failing").inc()
+
+
+def _dead_if_unsendable(outcome: Outcome, state: State) -> State:
+    """A URL that can never be sent (a control character in it) is dead at once, with the
+    reason in ``last_error``, rather than retried on the schedule."""
+    sent = outcome.sent
+    if sent is not None and sent.error is not None and sent.error.startswith(INVALID_URL):
+        return dataclasses.replace(state, status="dead", locked_until=None)
+    return state
 
 
 def _observe(job: Job, sent: Sent) -> None:
