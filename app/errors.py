@@ -23,6 +23,11 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": ErrorBody} for status in statuses}
 
 
+BEARER_CHALLENGE = 'Bearer realm="intent-router"'
+# Segment's routes: the write key as Basic auth's user name (what the SDKs send), or a key.
+SEGMENT_CHALLENGE = 'Basic realm="intent-router", Bearer realm="intent-router"'
+
+
 class AppError(Exception):
     status = 400
     code = "bad_request"
@@ -69,8 +74,16 @@ class PayloadTooLarge(AppError):
 
 
 class Unauthenticated(AppError):
+    """A 401: it names how to authenticate (RFC 9110), a bearer API key unless the raiser
+    gives its own ``WWW-Authenticate`` (Segment's routes also take Basic auth)."""
+
     status = 401
     code = "unauthenticated"
+    challenge = BEARER_CHALLENGE
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.headers = {"WWW-Authenticate": self.challenge, **(self.headers or {})}
 
 
 class Forbidden(AppError):

@@ -1,15 +1,21 @@
-"""The OpenAPI document: FastAPI's, with each request body written from its declared type.
+"""The OpenAPI document: FastAPI's, with each request body written from its declared type
+and each operation's authentication.
 
 FastAPI sees no body on a route whose body comes through ``RequestBody`` (the dependency
 reads it), so this adds the ``requestBody`` from the reader's ``schema``, one content entry
-per format, and the schemas it refers to under ``components``.
+per format, and the schemas it refers to under ``components``. Nor does it see the API key
+checks (app.auth's dependencies read the header themselves), so ``security`` is written
+here: a bearer API key on routes that take IngestKey, ReadKey, AdminKey or FeedbackKey,
+Basic auth (the write key as user name) or a bearer key on Segment's routes, an optional
+bearer token on ``/metrics`` (``INTENT_METRICS_TOKEN``), and none on the rest (platform
+hooks verify signatures, health checks and the browser SDK's settings are open).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from copy import deepcopy
-from typing import Any
+from typing import Any, get_args
 
 from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -17,9 +23,27 @@ from fastapi.routing import APIRoute
 from pydantic import TypeAdapter
 from pydantic.json_schema import JsonSchemaMode
 
+from app.api import segment
 from app.api.body import BodyReader, reader_of
+from app.auth import AdminKey, FeedbackKey, IngestKey, ReadKey, SegmentKey
 
 REF = "#/components/schemas/{model}"
+SECURITY_SCHEMES = {
+    "bearerAuth": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "an API key: `Authorization: Bearer ir_…` (`intent-router apikey create`)",
+    },
+    "basicAuth": {
+        "type": "http",
+        "scheme": "basic",
+        "description": "Segment's routes: a source's write key as the user name, no password "
+        "(what Segment's SDKs send); `writeKey` in the body is accepted too",
+    },
+}
+BEARER: list[dict[str, list[str]]] = [{"bearerAuth": []}]
+KEY_CHECKS = {get_args(t)[1].dependency for t in (IngestKey, ReadKey, AdminKey, FeedbackKey)}
+SEGMENT_CHECK = get_args(SegmentKey)[1].dependency
 
 
 def body_reader(route: APIRoute) -> BodyReader[Any] | None:
@@ -77,6 +101,37 @@ def document_bodies(
     schemas.update(schemas_sorted)
 
 
+def _dependencies(dependant: Any) -> Iterable[Any]:
+    for dependency in dependant.dependencies:
+        yield dependency.call
+        yield from _dependencies(dependency)
+
+
+def route_security(route: APIRoute) -> list[dict[str, list[str]]]:
+    """The ``security`` of a route's operations, read off its dependencies."""
+    calls = set(_dependencies(route.dependant))
+    if route in segment.router.routes or SEGMENT_CHECK in calls:
+        return [{"basicAuth": []}, *BEARER]
+    if calls & KEY_CHECKS:
+        return BEARER
+    if route.path == "/metrics":
+        return [{}, *BEARER]  # a token only when INTENT_METRICS_TOKEN is set
+    return []
+
+
+def document_security(spec: dict[str, Any], routes: Iterable[Any]) -> None:
+    """``components.securitySchemes`` and every operation's ``security``."""
+    spec.setdefault("components", {})["securitySchemes"] = deepcopy(SECURITY_SCHEMES)
+    for route in routes:
+        if not isinstance(route, APIRoute) or not route.include_in_schema:
+            continue
+        security = route_security(route)
+        for method in route.methods or ():
+            operation = spec["paths"][route.path_format].get(method.lower())
+            if operation is not None:
+                operation["security"] = deepcopy(security)
+
+
 def install_openapi(
     app: FastAPI, routers: Sequence[APIRouter], extra_schemas: Sequence[Any] = ()
 ) -> None:
@@ -89,6 +144,7 @@ def install_openapi(
             )
             routes = [route for router in routers for route in router.routes]
             document_bodies(spec, routes, extra_schemas)
+            document_security(spec, routes)
             app.openapi_schema = spec
         return app.openapi_schema
 

@@ -27,7 +27,7 @@ from app.api.deps import RuntimeDep
 from app.api.events import INGEST_ERRORS
 from app.api.ratelimit import charge
 from app.auth import KEY_PREFIX, ApiKey, check_key, credential
-from app.errors import AppError, Forbidden, InvalidInput, Unauthenticated
+from app.errors import SEGMENT_CHALLENGE, AppError, Forbidden, InvalidInput, Unauthenticated
 from app.events import EventStatus
 from app.ingest.native import validate_batch
 from app.ingest.schemas import MAX_EVENT_BYTES
@@ -81,13 +81,18 @@ async def segment_sender(request: Request, runtime: Runtime, data: dict[str, Any
             "a write key is required: Basic auth with the write key as user name (what the "
             "SDKs send), writeKey in the body, or Authorization: Bearer <API key>",
             field="writeKey",
+            headers={"WWW-Authenticate": SEGMENT_CHALLENGE},
         )
     if key.startswith(KEY_PREFIX):
         api_key = await check_key(request, key, "ingest")
         return Sender(api_key.name, None, api_key)
     source = await runtime.sources.by_write_key(key)
     if source is None:
-        raise Unauthenticated("unknown or rotated write key", field="writeKey")
+        raise Unauthenticated(
+            "unknown or rotated write key",
+            field="writeKey",
+            headers={"WWW-Authenticate": SEGMENT_CHALLENGE},
+        )
     origin = request.headers.get("origin")
     if origin is not None and not source.allows_origin(origin):
         raise Forbidden(
