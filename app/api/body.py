@@ -10,54 +10,110 @@ without one is a 401 before its body is read.
 FastAPI documents a request body only when it parses the body itself, which would give the
 limits and errors up; ``app.api.openapi`` writes each route's ``requestBody`` from the type
 declared here instead (a reader's ``schema``).
+
+Admin uploads are bounded before they are parsed (README, "Security and data protection"):
+a policy at most ``MAX_POLICY_BODY`` bytes, an account list ``MAX_ADMIN_BODY``; their YAML
+and JSON go through ``app.policy.bounded`` (aliases, depth, expanded size). A body that has
+not arrived in full within ``INTENT_BODY_TIMEOUT_SECONDS`` is a 408 ``body_timeout`` and
+the connection is closed; a client that goes away mid-body ends its request without a
+traceback (the access log's one line says 499).
 """
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import orjson
-import yaml
 from fastapi import Request, params
 from pydantic import TypeAdapter, ValidationError
+from starlette.requests import ClientDisconnect
 
-from app.errors import InvalidInput, MalformedBody, PayloadTooLarge, error_responses, first_error
+from app.errors import (
+    AppError,
+    InvalidInput,
+    MalformedBody,
+    PayloadTooLarge,
+    error_responses,
+    first_error,
+)
 from app.ingest.schemas import MAX_BODY_BYTES
+from app.policy.bounded import MAX_DEPTH, MAX_DOCUMENT_BYTES, load_json, load_yaml
 
 T = TypeVar("T")
 SEGMENT_MAX_DECOMPRESSED = 16 * MAX_BODY_BYTES
-MAX_ADMIN_BODY = 32 * 1024 * 1024
+MAX_ADMIN_BODY = 16 * 1024 * 1024  # an account list: 50,000 rows of ~300 bytes fit
+MAX_POLICY_BODY = MAX_DOCUMENT_BYTES  # 1 MiB, as sent (and again once parsed, as JSON)
+DEFAULT_BODY_TIMEOUT = 30.0  # seconds, when the app carries no settings
+# Decoding and validating more than this runs on a worker thread, off the event loop.
+THREAD_ABOVE_BYTES = 64 * 1024
 # Routes that read a body also answer 400 (not JSON/YAML/CSV) and 413 (too large).
-BODY_ERRORS = error_responses(401, 403, 404, 422, 503, 400, 413)
+BODY_ERRORS = error_responses(401, 403, 404, 422, 503, 400, 408, 413)
 
 
-async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
-    """The request body, refusing more than ``limit`` bytes (before and after gzip)."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the body exceeds {limit} bytes", field="body")
+class BodyTimeout(AppError):
+    status = 408
+    code = "body_timeout"
+
+
+class ClientGone(AppError):
+    """The client closed the connection before its body arrived: nobody reads the answer;
+    the status is nginx's 499 so the access log says what happened."""
+
+    status = 499
+    code = "client_disconnected"
+
+
+def body_timeout(request: Request) -> float:
+    runtime = getattr(request.app.state, "runtime", None)
+    timeout = getattr(getattr(runtime, "settings", None), "body_timeout_seconds", None)
+    return float(timeout) if timeout else DEFAULT_BODY_TIMEOUT
+
+
+async def _receive(request: Request, limit: int) -> bytes:
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"the body exceeds {limit} bytes", field="body")
         chunks.append(chunk)
-    body = b"".join(chunks)
+    return b"".join(chunks)
+
+
+async def read_body(
+    request: Request, limit: int = MAX_BODY_BYTES, *, unpacked: int = SEGMENT_MAX_DECOMPRESSED
+) -> bytes:
+    """The request body, refusing more than ``limit`` bytes as sent (``unpacked`` once
+    gunzipped) and a body still incomplete after the body timeout (408; the connection is
+    closed)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the body exceeds {limit} bytes", field="body")
+    timeout = body_timeout(request)
+    try:
+        async with asyncio.timeout(timeout):
+            body = await _receive(request, limit)
+    except TimeoutError:
+        raise BodyTimeout(
+            f"the body did not arrive within {timeout:g} s",
+            field="body",
+            headers={"Connection": "close"},
+        ) from None
+    except ClientDisconnect:
+        raise ClientGone("the client disconnected before its body arrived", field="body") from None
     if request.headers.get("content-encoding", "").lower() == "gzip":
         d = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:
-            body = d.decompress(body, SEGMENT_MAX_DECOMPRESSED)
+            body = d.decompress(body, unpacked)
         except zlib.error as exc:
             raise MalformedBody(
                 f"the gzip body is corrupt: {exc}", code="malformed_gzip", field="body"
             ) from exc
         if d.unconsumed_tail:
-            raise PayloadTooLarge(
-                f"the body exceeds {SEGMENT_MAX_DECOMPRESSED} bytes uncompressed", field="body"
-            )
+            raise PayloadTooLarge(f"the body exceeds {unpacked} bytes uncompressed", field="body")
     return body
 
 
@@ -71,12 +127,15 @@ def parse_json(body: bytes) -> Any:
 
 
 def parse_yaml(body: bytes) -> Any:
-    try:
-        return yaml.safe_load(body)
-    except yaml.YAMLError as exc:
-        raise MalformedBody(
-            f"the body is not valid YAML: {exc}", code="malformed_yaml", field="body"
-        ) from None
+    """YAML within ``app.policy.bounded``'s limits: aliases, depth, size once expanded."""
+    return load_yaml(body)
+
+
+def parse_admin_json(body: bytes) -> Any:
+    """JSON nested at most ``MAX_DEPTH`` deep, with nothing JSON cannot store again."""
+    if not body.strip():
+        raise MalformedBody("the body is empty; send a JSON object", field="body")
+    return load_json(body, max_depth=MAX_DEPTH)
 
 
 @dataclass(frozen=True)
@@ -102,6 +161,7 @@ class Format:
 
 
 JSON = Format("application/json", ("json",), parse_json)
+ADMIN_JSON = Format("application/json", ("json",), parse_admin_json)
 YAML = Format("application/yaml", ("yaml",), parse_yaml)
 CSV = Format("text/csv", ("text/csv", "application/csv"), csv_text, as_text=True)
 
@@ -132,12 +192,14 @@ class BodyReader(Generic[T]):
         *,
         limit: int,
         optional: bool,
+        admin: bool = False,
     ) -> None:
         self.schema = schema
         self.formats = formats
         self.validate = validate
         self.limit = limit
         self.optional = optional
+        self.admin = admin
 
     def format_of(self, request: Request) -> Format:
         ctype = request.headers.get("content-type", "").lower()
@@ -147,10 +209,20 @@ class BodyReader(Generic[T]):
         return self.formats[0]
 
     async def read(self, request: Request) -> T:
-        raw = await read_body(request, self.limit)
+        if self.admin:
+            raw = await read_body(request, self.limit, unpacked=self.limit)
+        else:
+            raw = await read_body(request, self.limit)
         if self.optional and not raw.strip():
             return self.validate({}, raw)
-        return self.validate(self.format_of(request).decode(raw), raw)
+        fmt = self.format_of(request)
+        if self.admin and len(raw) > THREAD_ABOVE_BYTES:
+            # A megabyte of YAML takes a second or more: not on the loop that serves ingest.
+            return await asyncio.to_thread(self._value, fmt, raw)
+        return self._value(fmt, raw)
+
+    def _value(self, fmt: Format, raw: bytes) -> T:
+        return self.validate(fmt.decode(raw), raw)
 
 
 def RequestBody(  # named like FastAPI's Body() and Depends(), and used the same way
@@ -159,18 +231,21 @@ def RequestBody(  # named like FastAPI's Body() and Depends(), and used the same
     validate: Callable[[Any, bytes], Any] | None = None,
     limit: int = MAX_BODY_BYTES,
     optional: bool = False,
+    admin: bool = False,
 ) -> params.Depends:
     """The body as a parameter: ``Annotated[T, RequestBody(T)]``.
 
     ``formats`` default to JSON. ``validate(data, raw)`` turns the decoded body (and its
     bytes) into the handler's value; by default the body validated as ``schema``.
-    ``optional``: an empty body is ``{}``."""
+    ``optional``: an empty body is ``{}``. ``admin``: an upload whose ``limit`` holds
+    after gzip too, decoded and validated on a worker thread when it is large."""
     reader = BodyReader(
         schema,
         formats or (JSON,),
         validate or validated(schema),
         limit=limit,
         optional=optional,
+        admin=admin,
     )
     # A bound method, not the instance: FastAPI reads the signature's annotations through
     # the callable's module globals, which an instance does not have.

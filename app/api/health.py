@@ -1,7 +1,9 @@
-"""Liveness, readiness and the Prometheus exposition."""
+"""Liveness, readiness and the Prometheus exposition (behind a bearer token when
+``INTENT_METRICS_TOKEN`` is set)."""
 
 from __future__ import annotations
 
+import hmac
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -11,6 +13,7 @@ from pydantic import BaseModel
 from sqlalchemy import text
 
 from app.db.migrate import at_head
+from app.errors import Unauthenticated, error_responses
 from app.runtime.service import Runtime
 
 router = APIRouter()
@@ -50,6 +53,14 @@ async def readyz(request: Request) -> Response:
     except Exception as exc:
         checks["database"] = f"error: {type(exc).__name__}"
     checks["policy_version"] = runtime.policy.version if runtime.policy else None
+    # Newer applied versions the service cannot load run nobody's traffic: say which, and
+    # why, while the version in force keeps the service ready.
+    checks["policy"] = {
+        "version": checks["policy_version"],
+        "skipped": [
+            {"version": v, "reason": reason} for v, reason in sorted(runtime.policy_skipped.items())
+        ],
+    }
     roles = set(runtime.settings.roles)
     dispatcher_ok = True
     if "dispatcher" in roles:
@@ -77,7 +88,23 @@ async def readyz(request: Request) -> Response:
     operation_id="metrics",
     summary="Prometheus metrics",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+        **error_responses(401),
+    },
 )
-async def metrics() -> Response:
+async def metrics(request: Request) -> Response:
+    """Open, unless ``INTENT_METRICS_TOKEN`` is set: then ``Authorization: Bearer <token>``."""
+    runtime: Runtime = request.app.state.runtime
+    token = runtime.settings.metrics_token
+    if token:
+        scheme, _, sent = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            sent.strip().encode(), token.encode()
+        ):
+            raise Unauthenticated(
+                "/metrics needs Authorization: Bearer <INTENT_METRICS_TOKEN>",
+                field="authorization",
+                headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+            )
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -10,16 +10,24 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from app.api.body import BODY_ERRORS, JSON, MAX_ADMIN_BODY, YAML, RequestBody
+from app.api.body import ADMIN_JSON, BODY_ERRORS, MAX_POLICY_BODY, YAML, RequestBody
 from app.api.deps import PolicyDep, RuntimeDep, SessionDep, after_commit
 from app.api.views import ERRORS
 from app.auth import AdminKey, ReadKey
 from app.clock import iso
 from app.db import policies
-from app.errors import NotFound
+from app.errors import Conflict, NotFound
+from app.policy.bounded import MAX_DOCUMENT_BYTES
 from app.policy.impact.dry_run import band_changes
 from app.policy.schema import CompiledPolicy, PolicyDoc
-from app.policy.store import in_force_version, save_version, shown_status, validate_or_raise
+from app.policy.store import (
+    in_force_version,
+    save_version,
+    shown_status,
+    stored_size,
+    validate_or_raise,
+)
+from app.runtime.service import Runtime
 
 router = APIRouter()
 
@@ -29,10 +37,12 @@ class PolicyVersionView(BaseModel):
     created_at: str | None
     created_by: str | None
     comment: str | None
-    status: Literal["active", "superseded", "proposed"] = Field(
+    status: Literal["active", "superseded", "proposed", "unloadable"] = Field(
         description='"active": the version in force; "superseded": applied once, replaced '
         'by a newer version since; "proposed": from calibration, waiting for review (apply '
-        "it with PUT /v1/policy)",
+        'it with PUT /v1/policy); "unloadable": applied, but the service cannot load it '
+        "(stored by an older release or by hand) and runs the newest version that loads "
+        "(GET /readyz says why)",
     )
 
 
@@ -56,20 +66,37 @@ class DryRun(BaseModel):
     examples: list[dict[str, Any]]
 
 
-def _version_view(r: Any, in_force: int | None) -> dict[str, Any]:
+def _version_view(r: Any, in_force: int | None, runtime: Runtime) -> dict[str, Any]:
+    unloadable = r.version in runtime.policy_skipped
     return {
         "version": r.version,
         "created_at": iso(r.created_at),
         "created_by": r.created_by,
         "comment": r.comment,
-        "status": shown_status(r.status, r.version, in_force),
+        "status": "unloadable" if unloadable else shown_status(r.status, r.version, in_force),
     }
 
 
-def _policy_view(r: Any, in_force: int | None) -> PolicyView:
+def _cannot_show(version: int, why: str) -> Conflict:
+    return Conflict(
+        f"policy version {version} cannot be shown: its stored document is {why}",
+        code="policy_unloadable",
+        field="version",
+    )
+
+
+def _policy_view(r: Any, in_force: int | None, runtime: Runtime) -> PolicyView:
+    # A document written into the table by hand can be anything: shown only if it is a
+    # JSON object.
+    try:
+        document = orjson.loads(r.document)
+        if not isinstance(document, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as exc:  # orjson.JSONDecodeError is one
+        raise _cannot_show(r.version, str(exc)) from None
     return PolicyView(
-        **_version_view(r, in_force),
-        policy=orjson.loads(r.document),
+        **_version_view(r, in_force, runtime),
+        policy=document,
         report=orjson.loads(r.report) if r.report else None,
     )
 
@@ -82,14 +109,20 @@ def _policy_view(r: Any, in_force: int | None) -> PolicyView:
     responses=ERRORS,
 )
 async def get_policy(
-    key: ReadKey, session: SessionDep, version: Annotated[int | None, Query(ge=1)] = None
+    key: ReadKey,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    version: Annotated[int | None, Query(ge=1)] = None,
 ) -> PolicyView:
-    in_force = await in_force_version(session)
+    in_force = await in_force_version(session, skip=runtime.policy_skipped)
     wanted = in_force if version is None else version
-    row = (await session.execute(select(policies).where(policies.c.version == wanted))).first()
-    if row is None:
+    size = await stored_size(session, wanted) if wanted is not None else None
+    if wanted is None or size is None:
         raise NotFound(f"no policy version {version}", field="version")
-    return _policy_view(row, in_force)
+    if size > MAX_DOCUMENT_BYTES:  # not fetched: a hand-written row can be gigabytes
+        raise _cannot_show(wanted, f"over {MAX_DOCUMENT_BYTES} bytes")
+    row = (await session.execute(select(policies).where(policies.c.version == wanted))).one()
+    return _policy_view(row, in_force, runtime)
 
 
 @router.get(
@@ -99,10 +132,13 @@ async def get_policy(
     response_model=PolicyVersions,
     responses=ERRORS,
 )
-async def list_policy_versions(key: ReadKey, session: SessionDep) -> PolicyVersions:
+async def list_policy_versions(
+    key: ReadKey, session: SessionDep, runtime: RuntimeDep
+) -> PolicyVersions:
     """Newest first. The one in force is ``active``; applied versions before it are
-    ``superseded``; calibration's proposals are ``proposed`` until applied."""
-    in_force = await in_force_version(session)
+    ``superseded``; calibration's proposals are ``proposed`` until applied; an applied
+    version the service cannot load is ``unloadable``."""
+    in_force = await in_force_version(session, skip=runtime.policy_skipped)
     rows = await session.execute(
         select(
             policies.c.version,
@@ -112,7 +148,9 @@ async def list_policy_versions(key: ReadKey, session: SessionDep) -> PolicyVersi
             policies.c.status,
         ).order_by(policies.c.version.desc())
     )
-    return PolicyVersions(versions=[PolicyVersionView(**_version_view(r, in_force)) for r in rows])
+    return PolicyVersions(
+        versions=[PolicyVersionView(**_version_view(r, in_force, runtime)) for r in rows]
+    )
 
 
 def describe_changes(old: PolicyDoc, new: PolicyDoc) -> list[str]:
@@ -164,7 +202,11 @@ def _upload(data: Any, raw: bytes) -> PolicyUpload:
     return PolicyUpload(validate_or_raise(data), raw.decode("utf-8", "replace"))
 
 
-POLICY_BODY = RequestBody(PolicyDoc, JSON, YAML, validate=_upload, limit=MAX_ADMIN_BODY)
+# At most 1 MiB as sent and once parsed (as JSON); YAML aliases and nesting bounded
+# (app.policy.bounded); decoded off the event loop when large.
+POLICY_BODY = RequestBody(
+    PolicyDoc, ADMIN_JSON, YAML, validate=_upload, limit=MAX_POLICY_BODY, admin=True
+)
 
 
 @router.put(
@@ -203,4 +245,4 @@ async def put_policy(
     row = (
         await session.execute(select(policies).where(policies.c.version == compiled.version))
     ).one()
-    return _policy_view(row, compiled.version)
+    return _policy_view(row, compiled.version, runtime)

@@ -165,11 +165,21 @@ def apikey_create(
 
 
 def _load_policy_file(path: Path) -> tuple[str, Any]:
+    """The file's text and document, held to the bounds of an upload (app.policy.bounded):
+    1 MiB, YAML aliases, nesting."""
+    from app.errors import AppError, MalformedBody
+    from app.policy.bounded import MAX_DOCUMENT_BYTES, load_json, load_yaml
+
     text = read(path)
+    if len(text.encode()) > MAX_DOCUMENT_BYTES:
+        fail(f"{path}: over {MAX_DOCUMENT_BYTES} bytes", code="document_too_large")
     try:
-        return text, (orjson.loads(text) if path.suffix == ".json" else yaml.safe_load(text))
-    except (yaml.YAMLError, orjson.JSONDecodeError) as exc:
-        fail(f"{path}: not valid YAML/JSON: {' '.join(str(exc).split())}", code="invalid_file")
+        return text, (load_json(text) if path.suffix == ".json" else load_yaml(text))
+    except MalformedBody as exc:
+        detail = exc.message.split(": ", 1)[-1]
+        fail(f"{path}: not valid YAML/JSON: {' '.join(detail.split())}", code="invalid_file")
+    except AppError as exc:
+        fail(f"{path}: {exc.message}", code=exc.code)
 
 
 @policy_cli.command("validate")
@@ -197,13 +207,14 @@ def policy_apply(
     import time
 
     from app.errors import AppError
-    from app.policy.store import save_version, validate_or_raise
+    from app.policy.store import save_version, storable, validate_or_raise
 
     text, raw = _load_policy_file(file)
     try:
         doc = validate_or_raise(raw)
+        storable(doc, 1)  # stored only if a start-up can load it again
     except AppError as exc:
-        for err in exc.errors or []:
+        for err in exc.errors or [{"path": exc.field or "", "message": exc.message}]:
             typer.echo(f"{err['path']}: {err['message']}", err=True)
         raise typer.Exit(1) from None
 

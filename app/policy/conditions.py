@@ -13,29 +13,45 @@ A condition is data, never code::
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 OPERATORS = ("eq", "in_", "between", "gte", "lte", "matches", "exists", "in_list")
 FIELD_ROOTS = ("lead", "account", "score", "event")
 
 Context = Mapping[str, Mapping[str, Any]]
 Predicate = Callable[[Context], bool]
+MAX_OPTIONS = 10_000
+
+
+def _one_value(v: Any) -> Any:
+    """What ``eq`` and ``in`` compare with is one value, never a list or a mapping (the
+    options of ``in`` are a set; a lead's field is compared with ==)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        raise ValueError("not a finite number")
+    if not isinstance(v, bool | int | float | str):
+        raise ValueError("a single value (a string, a number, true or false)")
+    return v
+
+
+# Smart unions keep the type that was sent (a bool stays a bool, "5" a string).
+Scalar = Annotated[bool | int | float | str, BeforeValidator(_one_value)]
 
 
 class Condition(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
     field: str | None = None
-    eq: Any = None
-    in_: list[Any] | None = Field(default=None, alias="in")
+    eq: Scalar | None = None
+    in_: list[Scalar] | None = Field(default=None, alias="in", max_length=MAX_OPTIONS)
     between: tuple[float, float] | None = None
     gte: float | None = None
     lte: float | None = None
-    matches: str | None = None
+    matches: str | None = Field(default=None, max_length=1000)
     exists: bool | None = None
     in_list: str | None = None
     all: list[Condition] | None = None
@@ -124,6 +140,15 @@ def _norm(v: Any) -> Any:
     return v.lower() if isinstance(v, str) else v
 
 
+def _member(v: Any, options: frozenset[Any]) -> bool:
+    """``v in options``; a list or mapping a lead or event carries in the field is in no
+    set of single values (and would not hash)."""
+    try:
+        return v in options
+    except TypeError:
+        return False
+
+
 def compile_condition(cond: Condition, lists: Mapping[str, frozenset[str]]) -> Predicate:
     """Compile a validated condition into a predicate; string comparisons ignore case."""
     if cond.all is not None:
@@ -143,7 +168,7 @@ def compile_condition(cond: Condition, lists: Mapping[str, frozenset[str]]) -> P
         return lambda ctx: _norm(get(ctx)) == want
     if cond.in_ is not None:
         options = frozenset(_norm(v) for v in cond.in_)
-        return lambda ctx: _norm(get(ctx)) in options
+        return lambda ctx: _member(_norm(get(ctx)), options)
     if cond.between is not None:
         lo, hi = cond.between
 
@@ -181,4 +206,4 @@ def compile_condition(cond: Condition, lists: Mapping[str, frozenset[str]]) -> P
         return lambda ctx: (get(ctx) not in (None, "")) == want_exists
     assert cond.in_list is not None
     members = lists.get(cond.in_list, frozenset())
-    return lambda ctx: _norm(get(ctx)) in members
+    return lambda ctx: _member(_norm(get(ctx)), members)

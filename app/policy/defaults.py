@@ -6,7 +6,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-import yaml
+from app.policy.bounded import load_yaml
 
 
 @cache
@@ -15,6 +15,6 @@ def default_policy_text() -> str:
 
 
 def default_policy_raw() -> dict[str, Any]:
-    raw = yaml.safe_load(default_policy_text())
+    raw = load_yaml(default_policy_text())  # held to the bounds of an upload
     assert isinstance(raw, dict)
     return raw

@@ -4,6 +4,11 @@
 errors, each naming the exact path (``routing.rules[2].when.band: unknown band "hott"``).
 ``CompiledPolicy`` is the runtime form the pipeline uses: conditions compiled to
 closures, durations in seconds, lists as frozensets.
+
+Every number is bounded so that nothing accepted can overflow later: points within
+±``MAX_POINTS``, half-lives from a minute to ten years (an event up to five minutes ahead
+then weighs at most 2⁵ times its points), cooldowns, windows and SLAs from a minute to a
+year, score limits and band thresholds within 0–100.
 """
 
 from __future__ import annotations
@@ -14,7 +19,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+)
 
 from app.policy.conditions import Condition, Context, compile_condition, getter
 
@@ -23,6 +35,11 @@ FIT_MEMO_SIZE = 100_000
 TIER_RANK = {"tier_1": 3, "tier_2": 2, "tier_3": 1}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+MINUTE = 60.0
+YEAR = 365 * 86400.0
+MAX_POINTS = 1000.0
+MAX_COUNT = 1_000_000  # teams' daily caps, an account rule's active leads
+MAX_NAME = 200  # characters of a band, rule, team or member name
 
 
 def parse_duration(v: Any) -> float:
@@ -42,7 +59,30 @@ def parse_duration(v: Any) -> float:
     return seconds
 
 
+def _human(seconds: float) -> str:
+    for unit, size in (("year", YEAR), ("day", 86400.0), ("minute", MINUTE), ("second", 1)):
+        if seconds >= size:
+            n = seconds / size
+            return f"{n:g} {unit}" + ("" if n == 1 else "s")
+    return f"{seconds:g} seconds"
+
+
+def _within(what: str, lo: float, hi: float) -> AfterValidator:
+    def check(seconds: float) -> float:
+        if seconds < lo:
+            raise ValueError(f"{what} must be at least {_human(lo)}")
+        if seconds > hi:
+            raise ValueError(f"{what} must be at most {_human(hi)}")
+        return seconds
+
+    return AfterValidator(check)
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+HalfLife = Annotated[Duration, _within("a half-life", MINUTE, 10 * YEAR)]
+Span = Annotated[Duration, _within("a duration", MINUTE, YEAR)]  # cooldown, window, SLA
+Points = Annotated[float, Field(ge=-MAX_POINTS, le=MAX_POINTS)]
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
 
 
 class _Strict(BaseModel):
@@ -50,26 +90,26 @@ class _Strict(BaseModel):
 
 
 class Band(_Strict):
-    name: str
+    name: Name
     min: float = Field(ge=0, le=100)
     # Hysteresis: once in this band a lead stays until its total falls below exit_below.
     exit_below: float | None = Field(default=None, ge=0, le=100)
 
 
 class Scoring(_Strict):
-    fit_max: float = Field(default=50, gt=0)
-    intent_max: float = Field(default=50, gt=0)
-    bands: list[Band]
+    fit_max: float = Field(default=50, gt=0, le=100)
+    intent_max: float = Field(default=50, gt=0, le=100)
+    bands: list[Band] = Field(min_length=1, max_length=20)
 
 
 class Signal(_Strict):
-    points: float
-    half_life: Duration
+    points: Points
+    half_life: HalfLife
 
 
 class FitRule(_Strict):
-    name: str
-    points: float
+    name: Name
+    points: Points
     when: Condition
 
 
@@ -91,7 +131,7 @@ class SegmentMapping(_Strict):
 class RuleWhen(_Strict):
     band: str | list[str] | None = None
     tier: str | list[str] | None = None
-    active_leads_gte: int | None = Field(default=None, ge=1)
+    active_leads_gte: int | None = Field(default=None, ge=1, le=MAX_COUNT)
     conditions: list[Condition] = []
 
 
@@ -100,12 +140,12 @@ class Sla(_Strict):
     not, the decision escalates to ``escalate_to`` and a ``lead.sla_missed`` webhook
     goes out."""
 
-    accept_within: Duration
+    accept_within: Span
     escalate_to: Literal["next_rep", "team_lead", "fallback_queue"] = "fallback_queue"
 
 
 class RoutingRule(_Strict):
-    name: str
+    name: Name
     kind: Literal["lead", "account"] = "lead"
     when: RuleWhen = RuleWhen()
     team: str
@@ -116,8 +156,8 @@ class RoutingRule(_Strict):
 
 
 class Surge(_Strict):
-    active_lead_intent: float = Field(default=15, ge=0)
-    window: Duration = 7 * 86400
+    active_lead_intent: float = Field(default=15, ge=0, le=MAX_POINTS)
+    window: Span = 7 * 86400
 
 
 class DefaultQueue(_Strict):
@@ -126,7 +166,7 @@ class DefaultQueue(_Strict):
 
 
 class Routing(_Strict):
-    cooldown: Duration = 86400
+    cooldown: Span = 86400
     route_bands: list[str] = ["hot"]
     surge: Surge = Surge()
     rules: list[RoutingRule] = []
@@ -135,7 +175,7 @@ class Routing(_Strict):
 
 class Team(_Strict):
     members: list[str] = []
-    daily_cap: int | None = Field(default=None, ge=1)
+    daily_cap: int | None = Field(default=None, ge=1, le=MAX_COUNT)
     assignee: str | None = None  # who `fixed` assignment picks when the rule names nobody
     lead: str | None = None  # the team lead: where an SLA escalation to team_lead goes
 

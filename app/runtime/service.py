@@ -8,6 +8,7 @@ import logging
 import time
 from collections import Counter
 
+from prometheus_client import Gauge
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -38,7 +39,7 @@ from app.events import Event, EventStatus
 from app.ingest.kafka import KafkaIngest, KafkaProducerIngest, ensure_topics
 from app.observability import metrics
 from app.policy.schema import CompiledPolicy
-from app.policy.store import active_policy, ensure_default
+from app.policy.store import InForce, ensure_in_force, load_in_force
 from app.privacy import Privacy
 from app.routing.sla import SlaTimer
 from app.runtime.batcher import Batcher
@@ -47,6 +48,11 @@ from app.runtime.secrets import seal_secrets
 from app.sources import Debugger, SourceStore
 
 log = logging.getLogger(__name__)
+# To move to app.observability.metrics (not this helper's file to edit).
+POLICY_UNLOADABLE = Gauge(
+    "intent_policy_unloadable_versions",
+    "Applied policy versions newer than the one in force that cannot be loaded (skipped)",
+)
 
 POLICY_REFRESH_SECONDS = 5.0
 GAUGE_SECONDS = 10.0
@@ -90,6 +96,7 @@ class Runtime:
             self.guard, self.clock, timeout=settings.delivery_timeout_seconds, box=self.box
         )
         self.policy: CompiledPolicy | None = None
+        self.policy_skipped: dict[int, str] = {}  # applied versions newer than it, unloadable
         self.dispatcher: Dispatcher | None = None
         self.sla: SlaTimer | None = None  # runs with the dispatcher
         self.batcher = Batcher(
@@ -119,7 +126,7 @@ class Runtime:
         for attempt in (1, 2):
             try:
                 async with self.sessionmaker() as session, session.begin():
-                    self.set_policy(await ensure_default(session, self.clock.now()))
+                    self.use_in_force(await ensure_in_force(session, self.clock.now()))
                     if self.settings.bootstrap_admin_key:
                         n_keys = await session.execute(select(func.count()).select_from(api_keys))
                         if not n_keys.scalar():
@@ -237,6 +244,26 @@ class Runtime:
     def set_policy(self, policy: CompiledPolicy) -> None:
         self.policy = policy
         metrics.POLICY_VERSION.set(policy.version)
+        self.policy_skipped = {v: r for v, r in self.policy_skipped.items() if v > policy.version}
+        POLICY_UNLOADABLE.set(len(self.policy_skipped))
+
+    def use_in_force(self, found: InForce) -> None:
+        """Run ``found.policy``; each version newly passed over gets one log line."""
+        in_force = found.policy.version if found.policy is not None else None
+        for version, reason in found.skipped.items():
+            if version not in self.policy_skipped:
+                log.error(
+                    "policy version %d cannot be loaded and is skipped (%s); version %s is "
+                    "in force",
+                    version,
+                    reason,
+                    in_force,
+                    extra={"policy_version": version, "in_force": in_force, "reason": reason},
+                )
+        self.policy_skipped.update(found.skipped)
+        if found.policy is not None:
+            self.set_policy(found.policy)
+        POLICY_UNLOADABLE.set(len(self.policy_skipped))
 
     async def _refresh_policy(self) -> None:
         """Pick up versions applied by another replica or the CLI."""
@@ -251,10 +278,16 @@ class Runtime:
                             )
                         )
                     ).scalar()
-                    if self.policy is None or (newest and newest != self.policy.version):
-                        policy = await active_policy(session)
-                        if policy is not None:
-                            self.set_policy(policy)
+                    if self.policy is None or (
+                        newest
+                        and newest != self.policy.version
+                        and newest not in self.policy_skipped
+                    ):
+                        self.use_in_force(
+                            await load_in_force(
+                                session, current=self.policy, known=self.policy_skipped
+                            )
+                        )
             except Exception as exc:
                 log.exception("policy refresh failed")
                 metrics.count_db_error("policy_refresh", exc)
