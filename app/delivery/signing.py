@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import os
+from collections.abc import Mapping
 
 SECRET_PREFIX = "whsec_"
 
@@ -43,3 +44,34 @@ def verify(secret: str, msg_id: str, timestamp: int, body: bytes, signature_head
         if version == "v1" and hmac.compare_digest(sig, expected):
             return True
     return False
+
+
+# How far a webhook's timestamp may be from the receiver's clock, either way: what the
+# Standard Webhooks libraries accept (their verify() refuses older or newer messages).
+TOLERANCE_SECONDS = 300
+
+
+def check_request(secret: str, headers: Mapping[str, str], body: bytes, now: float) -> str | None:
+    """Why a received webhook does not verify as the Standard Webhooks libraries verify it
+    (headers, a timestamp within ±``TOLERANCE_SECONDS`` of ``now``, a v1 signature of
+    ``secret``); None when it does."""
+    msg_id = headers.get("webhook-id", "")
+    stamp = headers.get("webhook-timestamp", "")
+    signature = headers.get("webhook-signature", "")
+    if not (msg_id and stamp and signature):
+        return "missing webhook-id, webhook-timestamp or webhook-signature"
+    try:
+        timestamp = int(stamp)
+    except ValueError:
+        return f"webhook-timestamp {stamp[:40]!r} is not a Unix time in seconds"
+    if abs(now - timestamp) > TOLERANCE_SECONDS:
+        when = "old" if timestamp < now else "new"
+        return (
+            f"timestamp too {when}: {abs(now - timestamp):.0f} s from this clock "
+            f"(±{TOLERANCE_SECONDS} s allowed)"
+        )
+    try:
+        ok = verify(secret, msg_id, timestamp, body, signature)
+    except ValueError:  # a secret that is no base64
+        return "the secret is not a whsec_… secret"
+    return None if ok else "no signature matches the secret"
