@@ -5,6 +5,7 @@ key refuses start-up naming INTENT_SECRET_KEY; rotation with ``new,old`` and
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 import os
@@ -17,11 +18,13 @@ from typing import Any
 
 import orjson
 import pytest
+import typer
 from cryptography.fernet import Fernet
 from sqlalchemy import select, update
 from standardwebhooks.webhooks import Webhook
 
 import app.crypto
+from app.cli.secrets import check_secret_key
 from app.config import Settings
 from app.crypto import SecretBox, SecretKeyError, generate_key, load_box
 from app.db import destinations, sources
@@ -146,9 +149,10 @@ async def test_secrets_are_unreadable_at_rest_and_webhooks_still_verify(
 
 
 async def test_a_wrong_key_refuses_to_start_naming_the_variable(
-    database_url: str, hook: Receiver
+    database_url: str, hook: Receiver, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    async with service(settings_for(database_url, generate_key())) as svc:
+    key = generate_key()
+    async with service(settings_for(database_url, key)) as svc:
         await add_destination(svc, hook)
     wrong = generate_key()
     runtime = Runtime(settings_for(database_url, wrong))
@@ -169,6 +173,13 @@ async def test_a_wrong_key_refuses_to_start_naming_the_variable(
     served = cli(database_url, wrong, "serve", "--port", str(free_port()))
     assert served.returncode != 0
     assert "INTENT_SECRET_KEY" in served.stdout + served.stderr
+    # What serve checks before anything listens (app.cli.secrets.check_secret_key; it runs
+    # its own event loop, hence a thread here).
+    with pytest.raises(typer.Exit) as stopped:
+        await asyncio.to_thread(check_secret_key, settings_for(database_url, wrong))
+    assert stopped.value.exit_code == 2
+    assert "INTENT_SECRET_KEY" in capsys.readouterr().err
+    await asyncio.to_thread(check_secret_key, settings_for(database_url, key))  # passes
 
 
 async def test_rotation_new_then_old_and_secrets_rotate(database_url: str, hook: Receiver) -> None:

@@ -9,6 +9,7 @@ import typer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.cli.support import describe_db, fail, load_settings, on_db
+from app.config import Settings
 
 # As the other command groups (app.cli): plain help, no locals in tracebacks.
 secrets_cli = typer.Typer(
@@ -65,3 +66,32 @@ def secrets_rotate(
             + (f", encrypted {done.encrypted} kept in plain text" if done.encrypted else "")
             + f" in {describe_db(settings)}"
         )
+
+
+def check_secret_key(settings: Settings) -> None:
+    """For ``serve``, before anything listens: no INTENT_SECRET_KEY with PostgreSQL, or one
+    that cannot open a stored secret, is one line and exit 2 (the service's own start-up
+    refuses too, but inside uvicorn's lifespan, as a traceback). A database not reachable
+    or not migrated yet is left to the service's start-up."""
+    import asyncio
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from app.crypto import SecretKeyError, load_box
+    from app.db import make_engine, make_sessionmaker
+    from app.runtime.secrets import seal_secrets
+
+    async def check() -> None:
+        engine = make_engine(settings)
+        try:
+            await seal_secrets(make_sessionmaker(engine), box)
+        except (OSError, SQLAlchemyError):
+            pass
+        finally:
+            await engine.dispose()
+
+    try:
+        box = load_box(settings)
+        asyncio.run(check())
+    except SecretKeyError as exc:
+        fail(str(exc), code="secret_key", exit_code=2)
