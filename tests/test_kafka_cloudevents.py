@@ -23,8 +23,9 @@ from app.events import Event, EventStatus
 from app.ingest.cloudevents import Poison, content_mode, signal_for_type
 from app.ingest.kafka import KafkaIngest
 from app.policy.defaults import default_policy_raw
-from app.policy.schema import CompiledPolicy
+from app.policy.schema import CompiledPolicy, parse_policy
 from app.policy.store import validate_or_raise
+from tests.support.domain import policy_with
 from tests.support.harness import Service, eventually, service
 from tests.support.kafka import dead_letters
 
@@ -428,3 +429,16 @@ def test_malformed_cloudevents_are_refused_with_stage_and_field(
     message: KafkaMessage, stage: str, field: str
 ) -> None:
     assert refused(message)[:2] == (stage, field)
+
+
+def test_the_policy_maps_a_producers_own_cloudevents_types() -> None:
+    def mapping(raw: dict[str, Any]) -> None:
+        raw["cloudevents"] = {"types": {"com.acme.pricing.viewed": "pricing_page_view"}}
+
+    policy = policy_with(mapping)
+    assert signal_for_type("com.acme.pricing.viewed", policy) == "pricing_page_view"
+    assert signal_for_type("com.acme.demo_request", policy) == "demo_request"  # still by name
+    raw = default_policy_raw()
+    raw["cloudevents"] = {"types": {"com.acme.x": "teleport"}}
+    doc, errors = parse_policy(raw)
+    assert doc is None and [e.path for e in errors] == ["cloudevents.types.com.acme.x"]

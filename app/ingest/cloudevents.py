@@ -114,15 +114,20 @@ def read_cloudevent(
 
 
 def signal_for_type(ce_type: str, policy: CompiledPolicy) -> str:
-    """Our event type for a CloudEvents ``type``: itself, or the last part of a reverse-DNS
-    name, whichever is a signal of the policy (or ``identify``)."""
+    """Our event type for a CloudEvents ``type``: the policy's ``cloudevents.types``
+    mapping, else the type itself or the last part of a reverse-DNS name, whichever is a
+    signal of the policy (or ``identify``)."""
+    mapped = policy.signal_for_cloudevents_type(ce_type)
+    if mapped is not None:
+        return mapped
     for candidate in (ce_type, ce_type.rpartition(".")[2]):
         if candidate in policy.signals or candidate in ATTRIBUTE_ONLY_TYPES:
             return candidate
     raise Poison(
         "policy",
         f'type: the CloudEvents type "{ce_type}" names no signal of policy version '
-        f"{policy.version}; use the signal's name or a reverse-DNS type ending in it "
+        f"{policy.version}; map it in the policy's cloudevents.types, or use the signal's "
+        "name or a reverse-DNS type ending in it "
         '(e.g. "com.example.pricing_page_view")',
         "type",
     )

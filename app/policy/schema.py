@@ -28,6 +28,7 @@ from pydantic import (
     ValidationError,
 )
 
+from app.events import ATTRIBUTE_ONLY_TYPES
 from app.policy.conditions import Condition, Context, compile_condition, getter
 
 TIERS = ("tier_1", "tier_2", "tier_3")
@@ -128,6 +129,13 @@ class SegmentMapping(_Strict):
     default_page: str | None = None
 
 
+class CloudEventsMapping(_Strict):
+    """CloudEvents ``type`` → signal, for producers whose types are their own
+    (``com.acme.pricing.viewed``); a type not listed may name the signal itself."""
+
+    types: dict[str, str] = {}
+
+
 class RuleWhen(_Strict):
     band: str | list[str] | None = None
     tier: str | list[str] | None = None
@@ -204,6 +212,7 @@ class PolicyDoc(_Strict):
     fit: Fit = Fit()
     lists: dict[str, list[str]] = {}
     segment: SegmentMapping = SegmentMapping()
+    cloudevents: CloudEventsMapping = CloudEventsMapping()
     routing: Routing
     teams: dict[str, Team] = {}
     feedback: Feedback = Feedback()
@@ -260,6 +269,9 @@ def _cross_check(doc: PolicyDoc) -> list[PolicyError]:
             errors.append(
                 PolicyError(f"segment.pages[{i}].signal", f'unknown signal "{page.signal}"')
             )
+    for ce_type, signal in doc.cloudevents.types.items():
+        if signal not in doc.signals and signal not in ATTRIBUTE_ONLY_TYPES:
+            errors.append(PolicyError(f"cloudevents.types.{ce_type}", f'unknown signal "{signal}"'))
     if doc.segment.default_page and doc.segment.default_page not in doc.signals:
         errors.append(
             PolicyError("segment.default_page", f'unknown signal "{doc.segment.default_page}"')
@@ -424,6 +436,9 @@ class CompiledPolicy:
 
     def signal_for_segment_track(self, event_name: str) -> str | None:
         return self.doc.segment.track.get(event_name)
+
+    def signal_for_cloudevents_type(self, ce_type: str) -> str | None:
+        return self.doc.cloudevents.types.get(ce_type)
 
     def signal_for_page(self, path: str) -> str | None:
         for page in self.doc.segment.pages:
