@@ -101,20 +101,17 @@ Email = Annotated[str, AfterValidator(normalise_email)]
 Domain = Annotated[str, AfterValidator(normalise_domain)]
 Country = Annotated[str, AfterValidator(normalise_country)]
 Slug = Annotated[str, AfterValidator(normalise_slug)]
+# CONTROL as a pydantic-core pattern (checked in Rust: a Python validator on every id and
+# text field cost the batch fast path about a sixth of its time).
+NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f]*$"
 Identifier = Annotated[
-    str,
-    StringConstraints(min_length=1, max_length=200, strip_whitespace=True),
-    AfterValidator(no_control),
+    str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True, pattern=NO_CONTROL)
 ]
 ShortText = Annotated[
-    str, StringConstraints(max_length=300, strip_whitespace=True), AfterValidator(no_control)
+    str, StringConstraints(max_length=300, strip_whitespace=True, pattern=NO_CONTROL)
 ]
-# A name an admin gives (a destination's, say): printable, one line.
-Name = Annotated[
-    str,
-    StringConstraints(min_length=1, max_length=200, strip_whitespace=True),
-    AfterValidator(no_control),
-]
+# A name an admin gives (a destination's, say): one line, no control characters.
+Name = Identifier
 EventType = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 
 
