@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
+from app.events import NO_CONTROL
+
 
 class ErrorBody(BaseModel):
     """The body of every error response: a stable ``code`` and a human ``message``."""
@@ -135,4 +137,8 @@ def first_error(exc: ValidationError, strip: int = 0) -> tuple[str, str, str]:
         msg = f'unknown field "{path}"'
     elif err["type"] == "missing":
         msg = f'"{path}" is required'
+    elif (
+        err["type"] == "string_pattern_mismatch" and err.get("ctx", {}).get("pattern") == NO_CONTROL
+    ):
+        msg = "must not contain control characters (such as CR, LF, tab or NUL)"
     return path, code, f"{path}: {msg}" if path and not msg.startswith(('"', "unknown")) else msg

@@ -17,11 +17,11 @@ from app.db import make_engine, make_sessionmaker
 from app.db.migrate import upgrade
 from tests.support.harness import Receiver, Service, receiver, require_service, service
 
-# PostgreSQL needs a secret key (app.crypto): one per run, inherited by spawned services.
-os.environ.setdefault("INTENT_SECRET_KEY", generate_key())
-
 # The Kafka suites' fixtures: bootstrap, topic, kafka_settings, producer.
 pytest_plugins = ["tests.support.kafka"]
+
+# PostgreSQL needs a secret key (app.crypto): one per run, inherited by spawned services.
+os.environ.setdefault("INTENT_SECRET_KEY", generate_key())
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

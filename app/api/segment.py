@@ -17,7 +17,6 @@ import logging
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Request, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
@@ -31,7 +30,7 @@ from app.errors import SEGMENT_CHALLENGE, AppError, Forbidden, InvalidInput, Una
 from app.events import EventStatus
 from app.ingest.native import validate_batch
 from app.ingest.schemas import MAX_EVENT_BYTES
-from app.ingest.segment import SEGMENT_TYPES, message_id, to_native
+from app.ingest.segment import SEGMENT_TYPES, encoded_size, message_id, to_native
 from app.runtime.service import Runtime
 from app.sources import Outcome, Source
 from app.sources.debugger import rejection_reason, sample_of
@@ -141,7 +140,10 @@ def _refusal(msg: Any, kind: str | None) -> tuple[str, str] | None:
         return "unsupported_type", f"type {str(msg_type)[:50]!r} is not one of {SEGMENT_TYPES}"
     if not (msg.get("userId") or msg.get("anonymousId") or msg.get("previousId")):
         return "missing_identity", "userId or anonymousId is required"
-    if len(orjson.dumps(msg, default=str)) > MAX_MESSAGE_BYTES:
+    size = encoded_size(msg)
+    if size is None:
+        return "too_deep", "the message is nested too deeply to store"
+    if size > MAX_MESSAGE_BYTES:
         return "message_too_large", f"the message exceeds {MAX_MESSAGE_BYTES} bytes"
     return None
 

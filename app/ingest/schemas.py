@@ -66,6 +66,7 @@ FastEmail = Annotated[
     StringConstraints(
         strip_whitespace=True,
         to_lower=True,
+        max_length=320,
         pattern=r"^[!-?A-~]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+$",
     ),
 ]

@@ -234,6 +234,7 @@ class Runtime:
             await self.pipeline_loop.stop()
         if self.checkpointer is not None:
             await asyncio.to_thread(self.checkpointer.stop)
+        await self.keys.close()  # last_used_at writes still under way
         await self.engine.dispose()
 
     def current_policy(self) -> CompiledPolicy:
