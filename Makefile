@@ -27,7 +27,7 @@ test: $(STAMP)
 	deploy/clients.sh
 	deploy/services.sh up >/dev/null
 	. .services/env && trap 'deploy/services.sh down' EXIT && \
-	  env -u INTENT_DATABASE_URL -u INTENT_KAFKA_BOOTSTRAP \
+	  env -u INTENT_DATABASE_URL -u INTENT_KAFKA_BOOTSTRAP -u INTENT_SECRET_KEY \
 	  INTENT_TEST_DATABASE_URL="$$INTENT_DATABASE_URL" \
 	  INTENT_TEST_KAFKA_BOOTSTRAP="$$INTENT_KAFKA_BOOTSTRAP" $(BIN)/python -m pytest -q
 

@@ -76,9 +76,15 @@ class SecretBox:
     def is_encrypted(stored: str) -> bool:
         return stored.startswith(PREFIX)
 
+    def use_hash_key(self, key: bytes) -> None:
+        """Hash under ``key`` from now on: the service's own stored hash key
+        (``app.runtime.secrets.load_hash_key``), which outlives a rotation of the
+        secret key. Until then the key is derived from the first secret key."""
+        self._hash_key = key
+
     def keyed_hash(self, value: str) -> str:
-        """Hex HMAC-SHA256 under a key derived from the first secret key: stable across
-        restarts, useless without the key (suppression lists keep these, not identifiers)."""
+        """Hex HMAC-SHA256 under the hash key: stable across restarts, useless without the
+        key (suppression lists keep these, not identifiers)."""
         return hmac.new(self._hash_key, value.encode(), hashlib.sha256).hexdigest()
 
 

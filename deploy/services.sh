@@ -557,12 +557,23 @@ install_promtool() {
 
 # Shell lines (`. STATE_DIR/env` exports them; the values need no quoting); readers that
 # parse it (Makefile, bench) take KEY=VALUE after an optional "export ".
+# The Fernet key the service encrypts its secrets with on this PostgreSQL (app.crypto):
+# made once and kept with the database's state, so a restart can read what it wrote.
+secret_key() {
+    local file="$STATE_DIR/secret.key"
+    if [[ ! -s "$file" ]]; then
+        (umask 077 && python3 -c 'import base64, os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())' >"$file")
+    fi
+    cat "$file"
+}
+
 write_env() {
     local tmp="$ENV_FILE.tmp"
     {
         printf 'export INTENT_DATABASE_URL=postgresql+asyncpg://%s:%s@127.0.0.1:%s/%s\n' \
             "$DB_USER" "$DB_PASSWORD" "$(pg_port)" "$DB_NAME"
         printf 'export INTENT_KAFKA_BOOTSTRAP=%s\n' "$(kafka_bootstrap)"
+        printf 'export INTENT_SECRET_KEY=%s\n' "$(secret_key)"
     } >"$tmp"
     mv "$tmp" "$ENV_FILE"
 }

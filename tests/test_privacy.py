@@ -24,11 +24,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app.clock import FakeClock
+from app.config import Settings
+from app.crypto import generate_key
 from app.db import accounts, decisions, delivery_attempts, events, metadata
+from app.observability.metrics import EVENTS_SUPPRESSED
 from app.privacy.erase import redact_decision
 from app.privacy.person import Person
-from app.privacy.suppress import EVENTS_SUPPRESSED
-from tests.support.harness import Receiver, Service, event, eventually, serve
+from tests.support.harness import Receiver, Service, event, eventually, serve, service
 from tests.support.scenarios import ACME, feedback, lead, routed
 
 EMAIL = "dana.quokka@acme.com"
@@ -229,6 +231,41 @@ async def test_a_suppressed_person_is_not_processed_again(svc: Service, clock: F
     )
     assert r.status_code == 202, r.text
     assert (await lead(svc, OTHER))["email"] == OTHER
+
+
+async def test_suppression_outlives_a_rotation_of_the_secret_key(
+    settings: Settings, clock: FakeClock
+) -> None:
+    """The suppression hashes' key is the service's own (kept encrypted in the keyring),
+    so rotating INTENT_SECRET_KEY (new,old, then `secrets rotate`, then new alone) keeps
+    an erased person suppressed: a hash cannot be recomputed, the identifier is gone."""
+    old, new = generate_key(), generate_key()
+    first = settings.model_copy(update={"secret_key": old})
+    async with service(first, clock) as svc:
+        await make_person(svc, clock)
+        r = await svc.client.delete(f"/v1/leads/{EMAIL}", params={"suppress": "true"})
+        assert r.status_code == 200, r.text
+        admin = svc.admin_key
+    for keys in (f"{new},{old}", new):
+        if keys == new:  # what `intent-router secrets rotate` does before the old key goes
+            async with service(
+                settings.model_copy(update={"secret_key": f"{new},{old}"}), clock, key=admin
+            ) as svc:
+                from app.runtime.secrets import seal_secrets
+
+                await seal_secrets(svc.runtime.sessionmaker, svc.runtime.box, rotate=True)
+        async with service(
+            settings.model_copy(update={"secret_key": keys}), clock, key=admin
+        ) as svc:
+            before = EVENTS_SUPPRESSED._value.get()
+            t = clock.now()
+            r = await svc.client.post(
+                "/v1/events",
+                json={"events": [event(f"r-{len(keys)}", "demo_request", t, email=EMAIL)]},
+            )
+            assert r.status_code == 202, r.text
+            assert EVENTS_SUPPRESSED._value.get() - before == 1, keys
+            assert (await svc.client.get(f"/v1/leads/{EMAIL}")).status_code == 404
 
 
 async def test_export_holds_the_person_and_nobody_else(svc: Service, clock: FakeClock) -> None:

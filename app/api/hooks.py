@@ -31,7 +31,13 @@ class HookRefused(AppError):
     """A platform's request refused before anything is stored (signature, body)."""
 
     def __init__(self, exc: hooks.HookRejected) -> None:
-        super().__init__(exc.message, code=exc.code, field=exc.field)
+        challenge = {"WWW-Authenticate": 'Signature realm="intent-router"'}
+        super().__init__(
+            exc.message,
+            code=exc.code,
+            field=exc.field,
+            headers=challenge if exc.status == 401 else None,
+        )
         self.status = exc.status
 
 

@@ -84,6 +84,9 @@ def serve(
     if roles is not None:
         os.environ["INTENT_ROLES"] = roles
     settings = load_settings()
+    from app.cli.secrets import check_secret_key
+
+    check_secret_key(settings)  # missing or wrong INTENT_SECRET_KEY: one line, exit 2
     options: dict[str, Any] = {
         "host": host or settings.host,
         "port": port or settings.port,

@@ -32,19 +32,22 @@ LeadArg = Annotated[
 ]
 
 
-def _privacy(engine: AsyncEngine, *, hashing: bool) -> Any:
+async def _privacy(engine: AsyncEngine, *, hashing: bool) -> Any:
     from app.config import Settings
     from app.crypto import SecretKeyError, load_box
     from app.db import make_sessionmaker
     from app.privacy import Privacy
+    from app.runtime.secrets import load_hash_key
 
     settings: Settings = load_settings()
     hasher = None
     if hashing:
         try:
-            hasher = load_box(settings).keyed_hash
+            box = load_box(settings)
+            await load_hash_key(make_sessionmaker(engine), box)  # the service's own
         except SecretKeyError as exc:
             fail(str(exc), code="secret_key", exit_code=2)
+        hasher = box.keyed_hash
 
     def no_hashing(value: str) -> str:
         raise AssertionError("suppression hashes need the secret key")
@@ -69,7 +72,8 @@ def lead_erase(
 
     async def work(engine: AsyncEngine) -> Any:
         await upgrade(engine)
-        return await _privacy(engine, hashing=suppress).erase(identifier, suppress=suppress)
+        privacy = await _privacy(engine, hashing=suppress)
+        return await privacy.erase(identifier, suppress=suppress)
 
     done = on_db(load_settings(), work, as_json=False)
     if done is None:
@@ -84,7 +88,7 @@ def lead_export(identifier: LeadArg) -> None:
 
     async def work(engine: AsyncEngine) -> Any:
         await upgrade(engine)
-        return await _privacy(engine, hashing=False).export(identifier)
+        return await (await _privacy(engine, hashing=False)).export(identifier)
 
     started = time.monotonic()
     doc = on_db(load_settings(), work, as_json=False)

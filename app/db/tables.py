@@ -50,6 +50,17 @@ api_keys = Table(
     Column("rate_burst", Integer),
 )
 
+# Keys the service makes for itself, encrypted with INTENT_SECRET_KEY like every secret:
+# "suppression", the key of the suppression list's hashes, which must outlive a rotation
+# of INTENT_SECRET_KEY (a hash cannot be recomputed: the identifier is gone).
+keyring = Table(
+    "keyring",
+    metadata,
+    Column("name", String(40), primary_key=True),
+    Column("value", String(500), nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
 # Erased people who asked not to be processed again: a keyed hash of each identifier
 # (never the identifier itself); events for them are dropped and counted.
 suppressions = Table(

@@ -62,6 +62,15 @@ MESSAGES_NOT_STORED = Counter(
     "(ignored, rejected) and reason; each is also in its source's debugger",
     ["transport", "outcome", "code"],
 )
+EVENTS_SUPPRESSED = Counter(
+    "intent_events_suppressed_total",
+    "Events dropped before identity resolution because their person was erased and "
+    "suppressed (answered as accepted)",
+)
+POLICY_UNLOADABLE = Gauge(
+    "intent_policy_unloadable_versions",
+    "Applied policy versions newer than the one in force that cannot be loaded (skipped)",
+)
 BATCH_SECONDS = Histogram(
     "intent_pipeline_batch_seconds", "Time to apply and commit one batch", buckets=LATENCY_BUCKETS
 )

@@ -15,21 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from prometheus_client import Counter
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import suppressions, upsert
 from app.events import Event
+from app.observability import metrics
 
 RELOAD_SECONDS = 10.0
 
-# Defined here, not in app.observability.metrics, while another change owns that module.
-EVENTS_SUPPRESSED = Counter(
-    "intent_events_suppressed_total",
-    "Events dropped before identity resolution because their person was erased and "
-    "suppressed (answered as accepted)",
-)
 
 Hasher = Callable[[str], str]
 
@@ -67,7 +61,7 @@ class Suppressions:
             return False
         hit = any(self._hash(k) in self._hashes for k in ev.identifiers())
         if hit:
-            EVENTS_SUPPRESSED.inc()
+            metrics.EVENTS_SUPPRESSED.inc()
         return hit
 
 

@@ -6,14 +6,18 @@ first key."""
 
 from __future__ import annotations
 
+import base64
 import logging
+import os
+import time
 from dataclasses import dataclass
 
 from sqlalchemy import Column, Table, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.crypto import SecretBox, SecretKeyError
-from app.db import destinations, sources
+from app.db import destinations, keyring, sources
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +25,9 @@ log = logging.getLogger(__name__)
 SECRET_COLUMNS: tuple[tuple[Table, str, tuple[str, ...]], ...] = (
     (destinations, "id", ("secret", "previous_secret")),
     (sources, "name", ("secret",)),
+    (keyring, "name", ("value",)),
 )
+HASH_KEY = "suppression"
 
 
 @dataclass
@@ -80,3 +86,27 @@ async def _seal_column(
             .where(key == ident, column == stored)
             .values({column.name: box.encrypt(plain)})
         )
+
+
+async def load_hash_key(sessionmaker: async_sessionmaker[AsyncSession], box: SecretBox) -> None:
+    """Give ``box`` the service's own hash key, made on first use and kept encrypted in
+    the keyring: suppression hashes then survive a rotation of INTENT_SECRET_KEY. Safe
+    when several processes start at once (the first insert wins; the others read it)."""
+    for _ in (1, 2):
+        async with sessionmaker() as session, session.begin():
+            stored = await session.scalar(select(keyring.c.value).where(keyring.c.name == HASH_KEY))
+            if stored is None:
+                fresh = base64.urlsafe_b64encode(os.urandom(32)).decode("ascii")
+                try:
+                    async with session.begin_nested():
+                        await session.execute(
+                            keyring.insert().values(
+                                name=HASH_KEY, value=box.encrypt(fresh), created_at=time.time()
+                            )
+                        )
+                except IntegrityError:
+                    continue  # another process made it first: read theirs
+                stored = box.encrypt(fresh)
+        box.use_hash_key(base64.urlsafe_b64decode(box.decrypt(stored)))
+        return
+    raise RuntimeError("the keyring's hash key could not be read or made")

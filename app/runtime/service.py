@@ -8,7 +8,6 @@ import logging
 import time
 from collections import Counter
 
-from prometheus_client import Gauge
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -44,15 +43,10 @@ from app.privacy import Privacy
 from app.routing.sla import SlaTimer
 from app.runtime.batcher import Batcher
 from app.runtime.loop_thread import LoopThread
-from app.runtime.secrets import seal_secrets
+from app.runtime.secrets import load_hash_key, seal_secrets
 from app.sources import Debugger, SourceStore
 
 log = logging.getLogger(__name__)
-# To move to app.observability.metrics (not this helper's file to edit).
-POLICY_UNLOADABLE = Gauge(
-    "intent_policy_unloadable_versions",
-    "Applied policy versions newer than the one in force that cannot be loaded (skipped)",
-)
 
 POLICY_REFRESH_SECONDS = 5.0
 GAUGE_SECONDS = 10.0
@@ -123,6 +117,7 @@ class Runtime:
             await upgrade(self.engine)
         # Legacy plaintext secrets encrypted; one the key cannot open: SecretKeyError.
         await seal_secrets(self.sessionmaker, self.box)
+        await load_hash_key(self.sessionmaker, self.box)  # suppression hashes' own key
         for attempt in (1, 2):
             try:
                 async with self.sessionmaker() as session, session.begin():
@@ -246,7 +241,7 @@ class Runtime:
         self.policy = policy
         metrics.POLICY_VERSION.set(policy.version)
         self.policy_skipped = {v: r for v, r in self.policy_skipped.items() if v > policy.version}
-        POLICY_UNLOADABLE.set(len(self.policy_skipped))
+        metrics.POLICY_UNLOADABLE.set(len(self.policy_skipped))
 
     def use_in_force(self, found: InForce) -> None:
         """Run ``found.policy``; each version newly passed over gets one log line."""
@@ -264,7 +259,7 @@ class Runtime:
         self.policy_skipped.update(found.skipped)
         if found.policy is not None:
             self.set_policy(found.policy)
-        POLICY_UNLOADABLE.set(len(self.policy_skipped))
+        metrics.POLICY_UNLOADABLE.set(len(self.policy_skipped))
 
     async def _refresh_policy(self) -> None:
         """Pick up versions applied by another replica or the CLI."""
@@ -300,6 +295,7 @@ class Runtime:
         while True:
             try:
                 await self.sample_gauges(leads_too=n % 6 == 0)
+                await self.sources.names()  # registered sources: the metrics' source labels
             except Exception as exc:
                 log.warning("sampling gauges failed: %s", exc)
                 metrics.count_db_error("gauges", exc)
