@@ -30,7 +30,7 @@ from app.db import accounts, decisions, delivery_attempts, events, metadata
 from app.observability.metrics import EVENTS_SUPPRESSED
 from app.privacy.erase import redact_decision
 from app.privacy.person import Person
-from tests.support.harness import Receiver, Service, event, eventually, serve, service
+from tests.support.harness import Receiver, Service, event, eventually, serve, service, ts
 from tests.support.scenarios import ACME, feedback, lead, routed
 
 EMAIL = "dana.quokka@acme.com"
@@ -386,3 +386,24 @@ def test_redaction_replaces_identifiers_and_the_leads_values_and_nothing_else() 
     assert out["data"]["fit_breakdown"] == body["data"]["fit_breakdown"]
     assert out["data"]["seen_as"] == ["erased:x1", "erased:x1", "[erased] at Acme"]
     assert person.suppression_keys() == sorted([EMAIL, f"anon:{ANON}", f"user:{USER}"])
+
+
+async def test_erasure_clears_the_source_debugger_of_the_person(
+    svc: Service, clock: FakeClock
+) -> None:
+    r = await svc.client.post("/v1/sources", json={"name": "website", "kind": "segment"})
+    key = r.json()["write_key"]
+    for who, mid in ((EMAIL, "m-person"), (OTHER, "m-other")):
+        msg = {
+            "userId": f"u-{mid}",
+            "messageId": mid,
+            "traits": {"email": who},
+            "timestamp": ts(clock.now()),
+        }
+        r = await svc.client.post("/v1/identify", json=msg, auth=(key, ""))
+        assert r.status_code == 200, r.text
+    recent = (await svc.client.get("/v1/sources/website/recent")).json()["messages"]
+    assert {m["message_id"] for m in recent} == {"m-person", "m-other"}
+    assert (await svc.client.delete(f"/v1/leads/{EMAIL}")).status_code == 200
+    recent = (await svc.client.get("/v1/sources/website/recent")).json()["messages"]
+    assert [m["message_id"] for m in recent] == ["m-other"]

@@ -77,6 +77,7 @@ async def erase_lead(
     done = await runtime.privacy.erase(lead_id, suppress=suppress)
     if done is None:
         raise _not_found()
+    runtime.debugger.forget_mentions(done.mentions)  # its samples may quote the person
     return ErasureView(erased=ErasedCounts(**done.erased), suppressed=suppress)
 
 

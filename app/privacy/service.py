@@ -38,6 +38,9 @@ class Erasure:
 
     erased: dict[str, int]
     suppressed: list[str]
+    # The person's identifiers as senders wrote them (email, anonymous and user ids): what
+    # in-memory copies (the source debugger) are searched for. Never logged or stored.
+    mentions: list[str]
 
 
 class Privacy:
@@ -110,7 +113,10 @@ class Privacy:
                 hashes = self.suppressions.hashes(person.suppression_keys()) if suppress else []
                 erased = await erase_person(session, person, pseudonym=new_pseudonym())
                 erased["suppressions"] = await store(session, hashes, now=now)
-                return Erasure(erased, hashes)
+                mentions = sorted(
+                    {k.split(":", 1)[1] if ":" in k else k for k in person.suppression_keys()}
+                )
+                return Erasure(erased, hashes, mentions)
 
         done: Erasure | None = await self._writes(erasing)
         if done is not None:

@@ -108,5 +108,23 @@ class Debugger:
         """Newest first."""
         return list(reversed(self._recent.get(source, ())))
 
+    def forget_mentions(self, needles: list[str]) -> int:
+        """Drop every kept message that mentions one of ``needles`` (an erased person's
+        identifiers, compared without case); how many were dropped."""
+        lowered = [n.lower() for n in needles if n]
+        if not lowered:
+            return 0
+        dropped = 0
+        for source, ring in self._recent.items():
+            kept = [o for o in ring if not _mentions(o, lowered)]
+            dropped += len(ring) - len(kept)
+            self._recent[source] = deque(kept, maxlen=PER_SOURCE)
+        return dropped
+
     def forget(self, source: str) -> None:
         self._recent.pop(source, None)
+
+
+def _mentions(o: Outcome, needles: list[str]) -> bool:
+    text = " ".join(v for v in (o.sample, o.message_id, o.reason, o.event_id) if v).lower()
+    return any(n in text for n in needles)
