@@ -5,6 +5,7 @@ ids), Segment's limits, and the source debugger that shows every message not sto
 from __future__ import annotations
 
 import base64
+import gzip
 from typing import Any
 
 import orjson
@@ -420,6 +421,15 @@ async def test_segment_batch_limits(svc: Service, clock: FakeClock) -> None:
     large = await svc.client.post("/v1/batch", json={"batch": big}, headers=basic(key))
     assert large.status_code == 400 and large.json()["code"] == "batch_too_large"
     assert str(500 * 1024) in large.json()["message"]
+    # Gzipped (as SDKs may send it), it is refused as it is unpacked, before any parsing.
+    packed = gzip.compress(orjson.dumps({"batch": big}))
+    assert len(packed) < 500 * 1024
+    r = await svc.client.post(
+        "/v1/batch",
+        content=packed,
+        headers={**basic(key), "content-encoding": "gzip", "content-type": "application/json"},
+    )
+    assert r.status_code == 413 and str(500 * 1024) in r.json()["message"]
 
 
 async def test_unknown_source_debugger_is_404(svc: Service) -> None:

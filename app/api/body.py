@@ -193,6 +193,7 @@ class BodyReader(Generic[T]):
         limit: int,
         optional: bool,
         admin: bool = False,
+        unpacked: int | None = None,
     ) -> None:
         self.schema = schema
         self.formats = formats
@@ -200,6 +201,7 @@ class BodyReader(Generic[T]):
         self.limit = limit
         self.optional = optional
         self.admin = admin
+        self.unpacked = unpacked
 
     def format_of(self, request: Request) -> Format:
         ctype = request.headers.get("content-type", "").lower()
@@ -211,6 +213,8 @@ class BodyReader(Generic[T]):
     async def read(self, request: Request) -> T:
         if self.admin:
             raw = await read_body(request, self.limit, unpacked=self.limit)
+        elif self.unpacked is not None:
+            raw = await read_body(request, self.limit, unpacked=self.unpacked)
         else:
             raw = await read_body(request, self.limit)
         if self.optional and not raw.strip():
@@ -232,13 +236,15 @@ def RequestBody(  # named like FastAPI's Body() and Depends(), and used the same
     limit: int = MAX_BODY_BYTES,
     optional: bool = False,
     admin: bool = False,
+    unpacked: int | None = None,
 ) -> params.Depends:
     """The body as a parameter: ``Annotated[T, RequestBody(T)]``.
 
     ``formats`` default to JSON. ``validate(data, raw)`` turns the decoded body (and its
     bytes) into the handler's value; by default the body validated as ``schema``.
     ``optional``: an empty body is ``{}``. ``admin``: an upload whose ``limit`` holds
-    after gzip too, decoded and validated on a worker thread when it is large."""
+    after gzip too, decoded and validated on a worker thread when it is large.
+    ``unpacked``: the limit once gunzipped, when not the default."""
     reader = BodyReader(
         schema,
         formats or (JSON,),
@@ -246,6 +252,7 @@ def RequestBody(  # named like FastAPI's Body() and Depends(), and used the same
         limit=limit,
         optional=optional,
         admin=admin,
+        unpacked=unpacked,
     )
     # A bound method, not the instance: FastAPI reads the signature's annotations through
     # the callable's module globals, which an instance does not have.

@@ -281,8 +281,9 @@ def _as_sent(data: Any, raw: bytes) -> Sent:
     return Sent(data, len(raw))  # checked message by message in handle_segment
 
 
-BATCH_BODY = RequestBody(SegmentBatch, validate=_as_sent)
-MESSAGE_BODY = RequestBody(SegmentMessage, validate=_as_sent)
+# A gzip body is held to Segment's batch limit as it is unpacked, before it is parsed.
+BATCH_BODY = RequestBody(SegmentBatch, validate=_as_sent, unpacked=MAX_BATCH_BYTES)
+MESSAGE_BODY = RequestBody(SegmentMessage, validate=_as_sent, unpacked=MAX_BATCH_BYTES)
 SEGMENT_DOC: dict[str, Any] = {
     "summary": "Segment-compatible",
     "response_model": SegmentResponse,
