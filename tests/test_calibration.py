@@ -245,18 +245,26 @@ async def test_calibration_recovers_the_known_ordering_of_signal_weights(
         **counts,
     }
     assert_recovers_order(report)
-    # No data for the email signals: they keep their points and say so.
-    for s in ("email_click", "email_open"):
+    # No data for the email signals (nor the platform hooks' three): they keep their
+    # points and say so.
+    unseen = {
+        "email_click": 5.0,
+        "email_open": 5.0,
+        "form_submission": 15.0,
+        "meeting_booked": 20.0,
+        "chat_message": 10.0,
+    }
+    for s, points in unseen.items():
         w = report["weights"][s]
         assert w == {
-            "before": 5.0,
-            "after": 5.0,
+            "before": points,
+            "after": points,
             "coefficient": None,
             "decisions_with_signal": 0,
             "kept": True,
         }
     assert report["weights"]["demo_request"]["before"] == 20.0
-    assert set(report["kept_current"]["signals"]) == {"email_click", "email_open"}
+    assert set(report["kept_current"]["signals"]) == set(unseen)
     dry = report["dry_run"]
     assert dry["routings"] == ROUTED + UNLABELLED
     assert 0 <= dry["would_not_route"] <= dry["reproduced_with_current_weights"] <= dry["routings"]
