@@ -470,7 +470,9 @@ def test_a_segment_batch_of_2501_messages_is_400(svc: Hostile) -> None:
 
 
 @pytest.mark.parametrize(
-    "request_id", ["KEY", "x" * 5000, "id with spaces;and=signs", "ir_" + "A" * 43], ids=repr
+    "request_id",
+    ["KEY", "x" * 5000, "id with spaces;and=signs", "ir_" + "A" * 43],
+    ids=["the-admin-key", "5000-chars", "separators", "key-shaped"],
 )
 def test_a_hostile_request_id_is_not_echoed_nor_logged(svc: Hostile, request_id: str) -> None:
     sent = svc.key if request_id == "KEY" else request_id
