@@ -159,6 +159,15 @@ class Event:
         return keys
 
 
+def encoded_size(doc: Any) -> int | None:
+    """A document's size as JSON, in bytes; None when it is nested too deep to encode
+    (JSON parsers accept ~1,000 levels, orjson encodes 254): refuse it as such."""
+    try:
+        return len(orjson.dumps(doc, default=str))
+    except TypeError:
+        return None
+
+
 def email_domain(email: str | None) -> str | None:
     return email.rsplit("@", 1)[1] if email else None
 

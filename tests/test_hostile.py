@@ -44,21 +44,6 @@ from tests.support.hostile import (
     typeform_headers,
 )
 
-# Defects not fixed when this suite was committed (strict: they turn red once fixed).
-DEEP_EVENT = (
-    "app/api/events.py _too_large measures an event with orjson.dumps, which raises "
-    "TypeError past 255 levels: a 500 (quotas slice, per-event size cap)"
-)
-POISON = (
-    "app/events.py Event.payload(): orjson.dumps raises past 255 levels in the pipeline, so "
-    "the whole batch is a 422 unprocessable_event with a traceback (robustness slice)"
-)
-TYPE_REPR = (
-    "app/api/segment.py _refusal formats str(msg_type) of a type nested 1,000 deep: "
-    "RecursionError, a 500 (robustness slice)"
-)
-
-
 # Bodies of a megabyte are the point here; hypothesis warns when it writes their repr.
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
 
@@ -258,7 +243,7 @@ def test_user_id_nested_1000_deep(svc: Hostile, route: str) -> None:
 @pytest.mark.parametrize(
     "field",
     [
-        pytest.param("type", marks=pytest.mark.xfail(strict=True, reason=TYPE_REPR)),
+        "type",
         "event",
         "messageId",
         "timestamp",
@@ -274,7 +259,6 @@ def test_segment_fields_nested_1000_deep(svc: Hostile, field: str) -> None:
     assert r.status_code in (200, 400), r.text
 
 
-@pytest.mark.xfail(strict=True, reason=DEEP_EVENT)
 def test_an_event_over_32_kb_nested_300_deep_is_refused(svc: Hostile) -> None:
     """Found by the generated cases: measuring the event by serialising it again failed
     past orjson's 255 levels (a 500)."""
@@ -282,7 +266,6 @@ def test_an_event_over_32_kb_nested_300_deep_is_refused(svc: Hostile) -> None:
     refused(send(svc, "POST", "/v1/events", content=dumps(big), headers=JSON_TYPE))
 
 
-@pytest.mark.xfail(strict=True, reason=POISON)
 def test_an_event_nested_300_deep_is_rejected_alone_in_a_batch(svc: Hostile) -> None:
     """Found by the generated cases: an event whose payload cannot be written again made
     the whole batch a 422 ("nothing was accepted"), with a traceback in the log."""
@@ -634,7 +617,6 @@ EVENT_PATHS = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason=DEEP_EVENT)
 @fuzz(60)
 @given(
     st.tuples(st.sampled_from(EVENT_PATHS), VALUES)
@@ -685,7 +667,6 @@ SEGMENT_BODIES = st.one_of(
 )
 
 
-@pytest.mark.xfail(strict=True, reason=TYPE_REPR)
 @fuzz(60)
 @given(SEGMENT_BODIES.flatmap(lambda rb: as_bodies(st.just(rb[1])).map(lambda b: (rb[0], *b))))
 def test_generated_segment(svc: Hostile, body: tuple[str, bytes, bytes, dict[str, str]]) -> None:

@@ -15,7 +15,7 @@ from app.api.errors import app_error_response, internal_error_response
 from app.api.ratelimit import charge, event_count
 from app.auth import ApiKey, IngestKey, authenticate
 from app.errors import AppError, PayloadTooLarge, error_responses
-from app.events import EventStatus
+from app.events import EventStatus, encoded_size
 from app.ingest.native import Slots, parse_native, with_source
 from app.ingest.schemas import MAX_BATCH_EVENTS, MAX_EVENT_BYTES, EventBatchIn, EventIn
 from app.observability import metrics
@@ -156,7 +156,10 @@ def _parse(
 
 
 def _too_large(item: Any) -> bool:
-    return len(orjson.dumps(item)) > MAX_EVENT_BYTES
+    """Over the size cap, or nested past what JSON can be written back at (not storable
+    either way; the encoder stops at 254 levels)."""
+    size = encoded_size(item)
+    return size is None or size > MAX_EVENT_BYTES
 
 
 def _oversized(items: list[Any]) -> set[int]:

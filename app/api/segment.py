@@ -27,10 +27,10 @@ from app.api.events import INGEST_ERRORS
 from app.api.ratelimit import charge
 from app.auth import KEY_PREFIX, ApiKey, check_key, credential
 from app.errors import SEGMENT_CHALLENGE, AppError, Forbidden, InvalidInput, Unauthenticated
-from app.events import EventStatus
+from app.events import EventStatus, encoded_size
 from app.ingest.native import validate_batch
 from app.ingest.schemas import MAX_EVENT_BYTES
-from app.ingest.segment import SEGMENT_TYPES, encoded_size, message_id, to_native
+from app.ingest.segment import SEGMENT_TYPES, message_id, to_native
 from app.runtime.service import Runtime
 from app.sources import Outcome, Source
 from app.sources.debugger import rejection_reason, sample_of
@@ -137,7 +137,8 @@ def _refusal(msg: Any, kind: str | None) -> tuple[str, str] | None:
         return "invalid_message", "a message must be a JSON object"
     msg_type = msg.get("type") or kind
     if msg_type not in SEGMENT_TYPES:
-        return "unsupported_type", f"type {str(msg_type)[:50]!r} is not one of {SEGMENT_TYPES}"
+        shown = repr(msg_type[:50]) if isinstance(msg_type, str) else type(msg_type).__name__
+        return "unsupported_type", f"type {shown} is not one of {SEGMENT_TYPES}"
     if not (msg.get("userId") or msg.get("anonymousId") or msg.get("previousId")):
         return "missing_identity", "userId or anonymousId is required"
     size = encoded_size(msg)
@@ -202,6 +203,13 @@ async def handle_segment(
 _SEGMENT_FIELDS = {"occurred_at": "timestamp", "lead.email": "traits.email", "type": "event"}
 
 
+def _type_of(msg: Any, kind: str | None) -> str:
+    """The message's type for the debugger: its own when a string (never ``str()`` of an
+    object, which for one nested a thousand deep is a RecursionError), else the route's."""
+    given = msg.get("type") if isinstance(msg, dict) else None
+    return (given if isinstance(given, str) and given else kind or "")[:50]
+
+
 def _outcome(
     msg: Any, kind: str | None, received_at: float, outcome: str, code: str, reason: str
 ) -> Outcome:
@@ -210,7 +218,7 @@ def _outcome(
         received_at=received_at,
         transport="segment",
         message_id=message_id(msg) if is_dict else "",
-        kind=str((msg.get("type") if is_dict else None) or kind or "")[:50],
+        kind=_type_of(msg, kind),
         outcome=outcome,
         code=code,
         reason=reason,

@@ -330,7 +330,7 @@ class KafkaProducerIngest:
         futures = [
             await self.producer.send(
                 self.topic,
-                value=orjson.dumps(ev.raw),
+                value=ev.payload().encode(),
                 key=partition_key(ev, free_mail),
                 headers=[(RECEIVED_AT, repr(ev.received_at).encode())],
             )

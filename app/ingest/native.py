@@ -51,7 +51,7 @@ def validate_batch(
             ev = to_event(parsed, received_at=received_at, transport=transport, raw=item)
         bad = check_event(ev, policy, received_at)
         if bad is not None:
-            bad.field = f"events[{i}].{bad.field}"
+            bad.field = f"events[{i}].{bad.field}" if bad.field else f"events[{i}]"
             slots.append(bad)
             metrics.EVENTS_REJECTED.labels(transport, bad.code or "invalid").inc()
             continue

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Required
 
+import orjson
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -355,4 +356,17 @@ def check_event(ev: Event, policy: CompiledPolicy, now: float) -> EventStatus | 
             "occurred_at",
             "occurred_at: more than 5 minutes in the future",
         )
+    if ev.raw_json is None:
+        # What the events table will store, encoded now: a document the parser took but
+        # the encoder cannot write (nested past its 254 levels) is refused alone, here.
+        try:
+            ev.raw_json = orjson.dumps(ev.raw).decode()
+        except TypeError:
+            return EventStatus(
+                ev.event_id,
+                "rejected",
+                "too_deep",
+                None,
+                "the event is nested too deeply to store (JSON up to 254 levels)",
+            )
     return None

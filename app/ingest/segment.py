@@ -67,15 +67,6 @@ def message_id(msg: dict[str, Any]) -> str:
     return "seg_" + hashlib.sha256(text).hexdigest()[:32]
 
 
-def encoded_size(msg: Any) -> int | None:
-    """The message's size as JSON, in bytes; None when it is nested too deep to encode
-    (JSON parsers accept ~1,000 levels, orjson encodes 254): refuse it as such."""
-    try:
-        return len(orjson.dumps(msg, default=str))
-    except TypeError:
-        return None
-
-
 def segment_id(value: Any) -> Any:
     """A Segment ``userId``/``anonymousId``/``groupId`` as our identifier: a string, or a
     number as its text. Anything else (an object, a list, a boolean) is passed on as it
