@@ -7,10 +7,8 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,6 +23,7 @@ from app.config import Settings
 from app.db import accounts
 from app.matching.abm import MAX_ACCOUNTS
 from tests.support.harness import Service, event, service
+from tests.support.memory import rss_peak
 
 BODY_TIMEOUT = 1.0  # seconds: the tests' INTENT_BODY_TIMEOUT_SECONDS
 
@@ -38,34 +37,6 @@ async def quick(settings: Settings, clock: FakeClock) -> AsyncIterator[Service]:
 
 
 # -- helpers --------------------------------------------------------------------------------
-
-
-def rss() -> int:
-    """Resident bytes of this process (the service runs in it)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
-
-
-@contextmanager
-def rss_peak() -> Iterator[list[int]]:
-    """Samples RSS on a thread while the block runs; yields [growth at the peak]."""
-    out = [0]
-    start = rss()
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            out[0] = max(out[0], rss() - start)
-            done.wait(0.005)
-
-    t = threading.Thread(target=sample, daemon=True)
-    t.start()
-    try:
-        yield out
-    finally:
-        done.set()
-        t.join()
-        out[0] = max(out[0], rss() - start)
 
 
 MB = 1024 * 1024

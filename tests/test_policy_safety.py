@@ -8,7 +8,6 @@ import asyncio
 import copy
 import logging
 import math
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -30,40 +29,13 @@ from app.policy.defaults import default_policy_raw, default_policy_text
 from app.policy.schema import parse_policy
 from app.policy.store import load_document
 from tests.support.harness import Service, event, eventually, service
+from tests.support.memory import rss_peak
 
 MB = 1024 * 1024
 RSS_BOUND = 100 * MB
 
 
 # -- helpers --------------------------------------------------------------------------------
-
-
-def rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
-
-
-@contextmanager
-def rss_peak() -> Iterator[list[int]]:
-    """Growth of this process's RSS at its peak while the block runs (sampled on a thread;
-    the service runs in this process)."""
-    out = [0]
-    start = rss()
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            out[0] = max(out[0], rss() - start)
-            done.wait(0.005)
-
-    t = threading.Thread(target=sample, daemon=True)
-    t.start()
-    try:
-        yield out
-    finally:
-        done.set()
-        t.join()
-        out[0] = max(out[0], rss() - start)
 
 
 TARGET = "{field: account.industry, in: [software, internet, financial_services, healthcare]}"

@@ -19,7 +19,6 @@ are idempotent (``WHERE`` repeats the age), so they only share the work.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.clock import Clock
 from app.config import Settings
 from app.db import Transaction, delivery_attempts, events
-from app.observability import metrics
+from app.observability.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +114,9 @@ class Retention:
         self._pause = pause
         self._interval = interval
         self._lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic(
+            self.run_once, every=interval, name="retention", what="retention sweep"
+        )
 
     async def _write_here(self, txn: Transaction[Any]) -> Any:
         return await txn(self._sessionmaker)
@@ -175,20 +176,7 @@ class Retention:
 
     def start(self) -> None:
         if self._event_days > 0 or self._body_days > 0:
-            self._task = asyncio.create_task(self._loop(), name="retention")
+            self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except Exception as exc:
-                log.warning("retention sweep failed: %s", exc)
-                metrics.count_db_error("retention", exc)
-            await asyncio.sleep(self._interval)
+        await self._periodic.stop()

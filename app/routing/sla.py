@@ -15,7 +15,6 @@ runs where the pipeline's batches and the dispatcher's records run (``writes``:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from app.db import Transaction, decisions, dialect_of, loads
 from app.delivery.dispatcher import Dispatcher, Writes
 from app.delivery.lifecycle import Enqueued, Routed, enqueue
 from app.observability import metrics
+from app.observability.periodic import Periodic
 from app.policy.schema import CompiledPolicy, RoutingRule, Team
 from app.routing.assignment import Assignment, Counters, _day
 
@@ -268,29 +268,18 @@ class SlaTimer:
         self._dispatcher = dispatcher
         self._interval = interval
         self._lock = asyncio.Lock()  # one check at a time in this process
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic(
+            self.check_now, every=interval, name="sla_check", what="SLA check"
+        )
 
     async def _write_here(self, txn: Transaction[Any]) -> Any:
         return await txn(self._sessionmaker)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="sla-timer")
+        self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.check_now()
-            except Exception as exc:
-                log.warning("SLA check failed: %s", exc)
-                metrics.count_db_error("sla_check", exc)
-            await asyncio.sleep(self._interval)
+        await self._periodic.stop()
 
     async def check_now(self) -> list[dict[str, Any]]:
         """Escalate every decision overdue now; the ``lead.sla_missed`` rows written."""
