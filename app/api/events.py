@@ -16,7 +16,7 @@ from app.api.ratelimit import charge, event_count
 from app.auth import ApiKey, IngestKey, authenticate
 from app.errors import AppError, PayloadTooLarge, error_responses
 from app.events import EventStatus, encoded_size
-from app.ingest.native import Slots, parse_native, with_source
+from app.ingest.native import Slots, merge, parse_native, with_source
 from app.ingest.schemas import MAX_BATCH_EVENTS, MAX_EVENT_BYTES, EventBatchIn, EventIn
 from app.observability import metrics
 from app.policy.schema import CompiledPolicy
@@ -47,8 +47,7 @@ def _response(
     slots: list[EventStatus | None], statuses: list[EventStatus], headers: dict[str, str]
 ) -> Response:
     """The ``IngestResponse`` document, serialised directly (this is the hot path)."""
-    it = iter(statuses)
-    merged = [s if s is not None else next(it) for s in slots]
+    merged = merge(slots, statuses)
     counts = {"accepted": 0, "duplicate": 0, "rejected": 0}
     results = []
     for s in merged:

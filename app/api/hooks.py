@@ -17,9 +17,8 @@ from app.api.body import read_body
 from app.api.deps import RuntimeDep
 from app.api.ratelimit import charge
 from app.errors import AppError, NotFound, error_responses
-from app.events import EventStatus
 from app.ingest import hooks
-from app.ingest.native import validate_batch
+from app.ingest.native import merge, validate_batch
 from app.runtime.service import Runtime
 from app.sources import HOOK_KINDS, Outcome, Source
 from app.sources.debugger import rejection_reason, sample_of
@@ -91,10 +90,8 @@ async def _ingest(
     events, slots = validate_batch(
         [m.event for m in mapped], runtime.current_policy(), received_at, transport="hook"
     )
-    statuses = iter(await runtime.ingest(events) if events else [])
-    fate: dict[int, EventStatus] = {}
-    for m, slot in zip(mapped, slots, strict=True):
-        fate[id(m)] = slot if slot is not None else next(statuses)
+    ingested = await runtime.ingest(events) if events else []
+    fate = {id(m): st for m, st in zip(mapped, merge(slots, ingested), strict=True)}
     for m in messages:
         st = fate.get(id(m))
         code: str | None

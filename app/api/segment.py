@@ -28,7 +28,7 @@ from app.api.ratelimit import charge
 from app.auth import KEY_PREFIX, ApiKey, check_key, credential
 from app.errors import SEGMENT_CHALLENGE, AppError, Forbidden, InvalidInput, Unauthenticated
 from app.events import EventStatus, encoded_size
-from app.ingest.native import validate_batch
+from app.ingest.native import merge, validate_batch
 from app.ingest.schemas import MAX_EVENT_BYTES
 from app.ingest.segment import SEGMENT_TYPES, message_id, to_native
 from app.runtime.service import Runtime
@@ -188,10 +188,9 @@ async def handle_segment(
         )
         where.append(i)
     events, slots = validate_batch(natives, policy, received_at, transport="segment")
-    statuses = iter(await runtime.ingest(events) if events else [])
-    for j, slot in enumerate(slots):
+    ingested = await runtime.ingest(events) if events else []
+    for j, status in enumerate(merge(slots, ingested)):
         i = where[j]
-        status = slot if slot is not None else next(statuses)
         outcomes[i] = _status_outcome(messages[i], kind, received_at, status, natives[j]["type"])
     for outcome in outcomes:
         assert outcome is not None

@@ -22,6 +22,13 @@ from app.policy.schema import CompiledPolicy
 Slots = list[EventStatus | None]
 
 
+def merge(slots: Slots, statuses: list[EventStatus]) -> list[EventStatus]:
+    """Per position, what became of it: its rejection, or (in order) the status the
+    pipeline gave the events that went on."""
+    it = iter(statuses)
+    return [s if s is not None else next(it) for s in slots]
+
+
 def _rejection(event_id: Any, field: str, code: str, message: str) -> EventStatus:
     return EventStatus(
         str(event_id) if isinstance(event_id, str | int) else "", "rejected", code, field, message
