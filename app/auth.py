@@ -127,9 +127,11 @@ class KeyStore:
         self._cache: dict[str, tuple[float, ApiKey | None]] = {}
         self._touched: dict[str, float] = {}  # key id → the last_used_at last written
         self._writes: set[asyncio.Task[None]] = set()
+        self._generation = 0  # bumped by each invalidation
 
     def invalidate(self) -> None:
         """Forget every cached answer (after a revocation or change has committed)."""
+        self._generation += 1
         self._cache.clear()
 
     async def lookup(self, key: str) -> ApiKey | None:
@@ -144,6 +146,7 @@ class KeyStore:
         hit = self._cache.get(digest)
         if hit is not None and time.monotonic() - hit[0] < CACHE_SECONDS:
             return hit[1]
+        generation = self._generation
         try:
             async with self._sessionmaker() as session:
                 row = (
@@ -156,6 +159,8 @@ class KeyStore:
                 headers={"Retry-After": "1"},
             ) from exc
         found = _row_to_key(row) if row else None
+        if generation != self._generation:
+            return found  # read across a revocation's commit: answered, not cached
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[digest] = (time.monotonic(), found)

@@ -233,6 +233,9 @@ pg_db_setup() {
     if [[ "$("${q[@]}" -c "select 1 from pg_roles where rolname = '$DB_USER'")" != 1 ]]; then
         "${q[@]}" -c "create role $DB_USER login createdb password '$DB_PASSWORD'" >&2
     fi
+    # DROP DATABASE ... WITH (FORCE), which the tests use, terminates every backend on the
+    # database, an autovacuum worker (owned by no role) too: that needs pg_signal_backend.
+    "${q[@]}" -c "grant pg_signal_backend to $DB_USER" >&2
     if [[ "$("${q[@]}" -c "select 1 from pg_database where datname = '$DB_NAME'")" != 1 ]]; then
         "${q[@]}" -c "create database $DB_NAME owner $DB_USER" >&2
     fi
@@ -603,6 +606,7 @@ cmd_up() {
     mkdir -p "$KAFKA_DIR"
     if [[ -f "$ENV_FILE" ]] && pg_healthy && kafka_healthy; then
         log "already up ($STATE_DIR)"
+        pg_db_setup # a cluster from an older script gets the grants it lacks
         write_env # an env file from before the export lines gets them
         cat "$ENV_FILE"
         return 0

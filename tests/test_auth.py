@@ -4,6 +4,7 @@ missing, unknown or revoked key and 403 for a missing scope, and scopes parse st
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 from types import SimpleNamespace
@@ -20,6 +21,7 @@ from app.clock import Clock
 from app.db import api_keys, make_sessionmaker
 from app.errors import Forbidden, InvalidInput, Unauthenticated, Unavailable
 from tests.support.domain import T0
+from tests.support.gate import HeldRead
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -188,3 +190,19 @@ def test_bad_scopes_are_a_clear_422_naming_the_field(text: str, message: str) ->
         parse_scopes(text)
     assert (caught.value.status, caught.value.field) == (422, "scopes")
     assert message in caught.value.message
+
+
+async def test_a_lookup_under_way_across_a_revocation_is_not_cached(
+    sessions: Sessions,
+) -> None:
+    key_id, key = await new_key(sessions, ["read"])
+    store = KeyStore(sessions)
+    held = HeldRead(sessions)
+    store._sessionmaker = held  # type: ignore[assignment]
+    lookup = asyncio.create_task(store.lookup(key))
+    await held.read.wait()  # it has read the row while the key was live
+    await revoke(sessions, key_id)
+    store.invalidate()  # what the revoking route does after its commit
+    held.release.set()
+    assert await lookup is not None  # it began before the revocation
+    assert await store.lookup(key) is None  # but its answer was not kept for a second

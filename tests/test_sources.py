@@ -4,6 +4,7 @@ ids), Segment's limits, and the source debugger that shows every message not sto
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 from typing import Any
@@ -15,6 +16,7 @@ from sqlalchemy import select
 
 from app.clock import FakeClock
 from app.db import events
+from tests.support.gate import HeldRead
 from tests.support.harness import Service, ts
 from tests.support.scenarios import lead, new_key
 
@@ -51,6 +53,29 @@ def not_stored(code: str) -> float:
 
 
 # -- the source object ----------------------------------------------------------------------
+
+
+async def test_a_source_created_while_the_cache_was_being_read_is_found_at_once(
+    svc: Service,
+) -> None:
+    """The gauge sampler reloads the source cache in the background; a load that read the
+    table before a create committed must not stand for the cache's second afterwards (what
+    made a fresh write key answer 401 on PostgreSQL)."""
+    store = svc.runtime.sources
+    store.invalidate()
+    held = HeldRead(store._sessionmaker)
+    store._sessionmaker = held  # type: ignore[assignment]
+    background = asyncio.create_task(store.names())
+    await held.read.wait()  # it read the table before the source existed
+    created = await make_source(svc)
+    held.release.set()
+    assert "website" not in await background
+    r = await svc.client.post(
+        "/v1/identify",
+        json={"userId": "u1", "messageId": "m1"},
+        headers=basic(created["write_key"]),
+    )
+    assert r.status_code == 200, r.text
 
 
 async def test_create_list_get_rotate_delete(svc: Service, clock: FakeClock) -> None:

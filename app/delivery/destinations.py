@@ -99,14 +99,20 @@ class DestinationCache:
         self._ttl = ttl
         self._loaded_at = 0.0
         self._items: dict[str, Destination] = {}
+        self._generation = 0  # bumped by each invalidation
 
     def invalidate(self) -> None:
+        self._generation += 1
         self._loaded_at = 0.0
 
     async def all(self) -> dict[str, Destination]:
         if time.monotonic() - self._loaded_at > self._ttl:
+            generation = self._generation
             async with self._sessionmaker() as session:
                 rows = await session.execute(select(destinations))
-                self._items = {r.id: destination(r._mapping) for r in rows}
+                items = {r.id: destination(r._mapping) for r in rows}
+            if generation != self._generation:
+                return items  # a change committed meanwhile: used once, not kept
+            self._items = items
             self._loaded_at = time.monotonic()
         return self._items

@@ -326,13 +326,16 @@ class SourceStore:
         self._by_name: dict[str, Source] = {}
         self._by_key: dict[str, Source] = {}
         self._origins: frozenset[str] = frozenset()
+        self._generation = 0  # bumped by each invalidation
 
     def invalidate(self) -> None:
+        self._generation += 1
         self._loaded_at = -1e9
 
     async def _fresh(self) -> None:
         if time.monotonic() - self._loaded_at < CACHE_SECONDS:
             return
+        generation = self._generation
         try:
             async with self._sessionmaker() as session:
                 rows = (await session.execute(select(sources))).all()
@@ -341,6 +344,11 @@ class SourceStore:
                 f"sources cannot be read ({type(exc).__name__}); retry",
                 headers={"Retry-After": "1"},
             ) from exc
+        if generation != self._generation:
+            # A change committed while this read was under way (the gauge sampler's read
+            # overlapping a create): what it read may predate the change, so it is dropped
+            # rather than kept for a second.
+            return
         by_name = {r.name: _row_to_source(r, self._box) for r in rows}
         self._by_key = {r.write_key_hash: by_name[r.name] for r in rows if r.write_key_hash}
         self._by_name = by_name
