@@ -83,12 +83,21 @@ def test_intent_is_the_decayed_sum_of_the_spec_whatever_the_arrival_order(
     for type_, t in arrival:
         apply(policy, lead, None, type_, t, now=now)
 
+    # The stored intent is the transition's, at the lead's newest event (whatever order
+    # the events came in); read at ``now`` it has decayed further.
+    newest = T0 + 2 * DAY
     expected = (
+        spec_contribution(PRICING, T0, newest)
+        + spec_contribution(PRICING, T0 + 2 * DAY, newest)
+        + spec_contribution(DEMO, T0 + DAY, newest)
+    )
+    assert lead.intent == pytest.approx(expected, rel=1e-12)
+    read_now = (
         spec_contribution(PRICING, T0, now)
         + spec_contribution(PRICING, T0 + 2 * DAY, now)
         + spec_contribution(DEMO, T0 + DAY, now)
     )
-    assert lead.intent == pytest.approx(expected, rel=1e-12)
+    assert evaluate(policy, lead, None, now).intent == pytest.approx(read_now, rel=1e-12)
     assert lead.fit == 0.0  # no attribute of this lead matches a fit rule
     # One accumulator per signal, "the sum of the contributions evaluated at t_ref", with
     # t_ref the latest event of that signal (PRODUCT.md; kept per point: w · acc).

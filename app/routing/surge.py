@@ -15,16 +15,20 @@ from app.scoring.engine import account_snapshot, top_signals
 from app.scoring.state import AccountState, _accs
 
 
+def evaluation_time(state: BatchState, domain: str) -> float:
+    """When an account's active leads are counted: its newest activity, the triggering
+    event's own time when that is the newest (as a lead's band, ``engine.evaluation_time``),
+    so that three leads each at exactly the threshold at that moment are three active."""
+    acct = state.accounts[domain]
+    trigger = state.account_trigger.get(domain)
+    times = [t for t in (acct.last_event_at, trigger.occurred_at if trigger else None) if t]
+    return max(times) if times else state.now
+
+
 def _count_active(
-    members: dict[str, tuple[Accumulators, float]], state: BatchState, threshold: float
+    members: dict[str, tuple[Accumulators, float]], state: BatchState, t: float
 ) -> int:
-    policy, now = state.policy, state.now
-    cutoff = now - policy.doc.routing.surge.window
-    return sum(
-        1
-        for signals, last_event_at in members.values()
-        if last_event_at >= cutoff and raw_intent(signals, now, policy.signals) >= threshold
-    )
+    return sum(1 for signals, last in members.values() if _active(state, signals, last, t))
 
 
 def _cooling_down(state: BatchState, acct: AccountState) -> bool:
@@ -40,11 +44,13 @@ def _cooling_down(state: BatchState, acct: AccountState) -> bool:
     return not allowed
 
 
-def _active(state: BatchState, signals: Accumulators, last_event_at: float) -> bool:
+def _active(state: BatchState, signals: Accumulators, last_event_at: float, t: float) -> bool:
+    """Active at ``t``: an event within the surge window before ``t`` and intent at ``t``
+    at least the threshold."""
     surge = state.policy.doc.routing.surge
     return (
-        last_event_at >= state.now - surge.window
-        and raw_intent(signals, state.now, state.policy.signals) >= surge.active_lead_intent
+        last_event_at >= t - surge.window
+        and raw_intent(signals, t, state.policy.signals) >= surge.active_lead_intent
     )
 
 
@@ -68,10 +74,11 @@ def _rising(state: BatchState, eligible: set[str]) -> set[str]:
         d = lead.account_domain
         if d not in eligible or lead.merged_into:
             continue
-        if not _active(state, lead.signals, lead.last_event_at):
+        t = evaluation_time(state, d)
+        if not _active(state, lead.signals, lead.last_event_at, t):
             continue
         base = state.base_signals.get(lead.lead_id)
-        if base is None or base[0] != d or not _active(state, base[1], base[2]):
+        if base is None or base[0] != d or not _active(state, base[1], base[2], t):
             rising.add(d)
     return rising
 
@@ -83,7 +90,8 @@ async def _members(
     session: AsyncSession, state: BatchState, domains: list[str]
 ) -> tuple[Members, Members]:
     """Each account's recently active leads (signals, last event) before and after the batch."""
-    cutoff = state.now - state.policy.doc.routing.surge.window
+    window = state.policy.doc.routing.surge.window
+    cutoff = min(evaluation_time(state, d) for d in domains) - window
     before: Members = {d: {} for d in domains}
     bulk = await Bulk.of(session)
     rows = await bulk.select_in(
@@ -105,18 +113,18 @@ async def _members(
     return before, after
 
 
-def _candidate(state: BatchState, domain: str, active_leads: int) -> Candidate:
-    """The account.surge candidate for an account whose active-lead count rose."""
-    policy, now = state.policy, state.now
+def _candidate(state: BatchState, domain: str, active_leads: int, t: float) -> Candidate:
+    """The account.surge candidate for an account whose active-lead count rose at ``t``."""
+    policy = state.policy
     acct = state.accounts[domain]
     trigger = state.account_trigger.get(domain)
-    intent = max(0.0, raw_intent(acct.signals, now, policy.signals))
+    intent = max(0.0, raw_intent(acct.signals, t, policy.signals))
     score = {
         "total": None,
         "fit": None,
         "intent": round(intent, 4),
         "band": None,
-        "evaluated_at": iso(now),
+        "evaluated_at": iso(t),
         "policy_version": policy.version,
     }
     return Candidate(
@@ -132,7 +140,7 @@ def _candidate(state: BatchState, domain: str, active_leads: int) -> Candidate:
         lead=None,
         account=account_snapshot(acct),
         score=score,
-        signals=top_signals(signal_scores(acct.signals, now, policy.signals)),
+        signals=top_signals(signal_scores(acct.signals, t, policy.signals)),
         fit_breakdown=[],
         trigger_event_id=trigger.event_id if trigger else None,
         event_received_at=trigger.received_at if trigger else None,
@@ -143,7 +151,6 @@ async def surge_candidates(
     session: AsyncSession, state: BatchState, touched: set[str]
 ) -> list[Candidate]:
     """Recount active leads of touched accounts; a Candidate for each whose count rose."""
-    threshold = state.policy.doc.routing.surge.active_lead_intent
     # An account in its cooldown whose tier has not risen cannot be routed again, so its
     # leads are not recounted (the read API counts active leads at request time anyway):
     # at a busy account that recount read every lead's signals once per batch.
@@ -158,11 +165,12 @@ async def surge_candidates(
     out: list[Candidate] = []
     for domain in domains:
         acct = state.accounts[domain]
-        n_before = _count_active(before[domain], state, threshold)
-        n_after = _count_active(after[domain], state, threshold)
+        t = evaluation_time(state, domain)
+        n_before = _count_active(before[domain], state, t)
+        n_after = _count_active(after[domain], state, t)
         if n_after != acct.active_leads:
             acct.active_leads = n_after
             acct.dirty = True
         if n_after > n_before:
-            out.append(_candidate(state, domain, n_after))
+            out.append(_candidate(state, domain, n_after, t))
     return out

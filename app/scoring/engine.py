@@ -114,7 +114,10 @@ def score(
     if attrs_changed or lead.fit_key != fit_key:
         lead.fit = policy.fit(_fit_context(lead, account))[0]
         lead.fit_key = fit_key
-    lead.intent = clamp(raw_intent(lead.signals, now, policy.signals), 0.0, policy.intent_max)
+    # The transition is evaluated at the lead's newest activity (see ``evaluation_time``),
+    # not at the moment the batch happens to run: points that add up to a threshold reach it.
+    t = evaluation_time(ev, lead)
+    lead.intent = clamp(raw_intent(lead.signals, t, policy.signals), 0.0, policy.intent_max)
     total = lead.fit + lead.intent
     previous = lead.band  # a new lead starts in the lowest band
     band = policy.band_for(total, previous)
@@ -126,7 +129,18 @@ def score(
     lead.dirty = True
     if not rose or band not in policy.routable_bands:
         return None  # no rule can route this rise: skip building the decision's snapshot
-    return _candidate(policy, ev, lead, account, band=band, previous=previous, now=now)
+    return _candidate(policy, ev, lead, account, band=band, previous=previous, t=t)
+
+
+def evaluation_time(ev: Event, lead: LeadState) -> float:
+    """When a lead's band transition is evaluated: the triggering event's own time when it
+    is the lead's newest event, else the lead's newest signal's (a late event is added to
+    the score as it stood at the lead's latest activity). Between events a score only
+    decays, so this is the highest total the lead reached, exactly the arithmetic of the
+    policy (fit 45 + events summing to 35 at one moment is 80, hot), and it does not depend
+    on how long the event waited in a queue. The time of reading is used only for display
+    (the read API decays scores to the request's time)."""
+    return max(ev.occurred_at, lead.last_event_at)
 
 
 def _candidate(
@@ -137,17 +151,18 @@ def _candidate(
     *,
     band: str,
     previous: str,
-    now: float,
+    t: float,
 ) -> Candidate:
-    """The routing candidate of a lead whose band rose: its snapshot and explanation."""
-    ev_ = evaluate(policy, lead, account, now)  # the full breakdown, for the decision
+    """The routing candidate of a lead whose band rose: its snapshot and explanation, at
+    the transition's evaluation time ``t``."""
+    ev_ = evaluate(policy, lead, account, t)  # the full breakdown, for the decision
     tier = account.tier if account else None
     score = {
         "total": round(ev_.total, 4),
         "fit": round(ev_.fit, 4),
         "intent": round(ev_.intent, 4),
         "band": band,
-        "evaluated_at": iso(now),
+        "evaluated_at": iso(t),
         "policy_version": policy.version,
     }
     lead_ctx = lead_context(lead)
