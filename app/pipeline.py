@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from sqlalchemy import delete, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import decisions, events
+from app.db import batches, decisions, events
 from app.db.bulk import Bulk
 from app.delivery.destinations import Destination
 from app.delivery.lifecycle import NewDelivery, Routed, enqueue
@@ -46,13 +47,19 @@ EVENT_COLUMNS = (
     "account_domain",
     "policy_version",
     "payload",
+    "batch_id",
+    "batch_pos",
 )
-EVENT_TYPES = ("text", "float8", "float8", "text", "text", "text", "text", "text", "int4", "text")
+EVENT_TYPES = (
+    *("text", "float8", "float8", "text", "text", "text", "text", "text", "int4", "text"),
+    *("int8", "int4"),
+)
 
 
 @dataclass
 class BatchResult:
     statuses: list[EventStatus]
+    batch_id: int | None = None  # the recorded batch; None when nothing was fresh
     deliveries: list[NewDelivery] = field(default_factory=list)
     decisions: list[dict[str, Any]] = field(default_factory=list)
     suppressed: int = 0
@@ -94,12 +101,12 @@ async def process(
     ``drop``: events of erased, suppressed people (``app.privacy``), answered as
     accepted and neither stored nor identified."""
     timer = _StageTimer()
-    statuses, fresh = await _ingest(session, batch, policy, drop)
+    statuses, fresh, batch_id = await _ingest(session, batch, policy, now, drop)
     timer.lap("ingest")
     if not fresh:
         return BatchResult(statuses)
 
-    state = BatchState(policy=policy, now=now)
+    state = BatchState(policy=policy, now=now, batch_id=batch_id)
     await state.load(session, fresh)
     timer.lap("load")
     candidates = _identify_and_score(state, fresh, timer)
@@ -113,7 +120,7 @@ async def process(
     await state.save(session)
     timer.lap("save")
     return BatchResult(
-        statuses, outbox.claimed, [r.row for r in routed], suppressed, outbox.waiting
+        statuses, batch_id, outbox.claimed, [r.row for r in routed], suppressed, outbox.waiting
     )
 
 
@@ -147,10 +154,12 @@ async def _ingest(
     session: AsyncSession,
     batch: list[Event],
     policy: CompiledPolicy,
+    now: float,
     drop: Callable[[Event], bool] | None = None,
-) -> tuple[list[EventStatus], list[Event]]:
+) -> tuple[list[EventStatus], list[Event], int | None]:
     """Keep only never-seen event ids (the adapters checked the events against the policy)
-    of people not suppressed."""
+    of people not suppressed, stored with the batch they came in (recorded in ``batches``
+    with its clock and policy version: what a replay runs again)."""
     statuses: list[EventStatus] = []
     candidates: list[Event] = []
     seen: set[str] = set()
@@ -165,7 +174,8 @@ async def _ingest(
             candidates.append(ev)
             statuses.append(EventStatus(ev.event_id, "accepted"))
     if not candidates:
-        return statuses, []
+        return statuses, [], None
+    batch_id = await _record_batch(session, now, policy.version)
     rows = [
         (
             ev.event_id,
@@ -178,8 +188,10 @@ async def _ingest(
             ev.account_domain,
             policy.version,
             ev.payload(),
+            batch_id,
+            pos,
         )
-        for ev in candidates
+        for pos, ev in enumerate(candidates)
     ]
     bulk = await Bulk.of(session)
     inserted = await bulk.insert_new(events, EVENT_COLUMNS, "event_id", EVENT_TYPES, rows)
@@ -187,7 +199,17 @@ async def _ingest(
         for st in statuses:
             if st.status == "accepted" and st.event_id not in inserted:
                 st.status = "duplicate"
-    return statuses, [ev for ev in candidates if ev.event_id in inserted]
+    if not inserted:
+        await session.execute(delete(batches).where(batches.c.id == batch_id))
+        return statuses, [], None
+    return statuses, [ev for ev in candidates if ev.event_id in inserted], batch_id
+
+
+async def _record_batch(session: AsyncSession, now: float, version: int) -> int:
+    result = await session.execute(
+        insert(batches).values(at=now, policy_version=version).returning(batches.c.id)
+    )
+    return int(result.scalar_one())
 
 
 async def _route(
@@ -246,6 +268,8 @@ async def _route(
             holder.last_decision_band = c.band
         holder.dirty = True
     if routed:
+        for pos, r in enumerate(routed):
+            r.row["batch_id"], r.row["batch_pos"] = state.batch_id, pos
         await (await Bulk.of(session)).insert_rows(decisions, [r.row for r in routed])
         await counters.save(session)
     return routed, suppressed

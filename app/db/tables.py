@@ -104,6 +104,19 @@ policies = Table(
     Column("report", Text),
 )
 
+# One row per pipeline transaction that stored a fresh event: the service clock it ran
+# at and the policy version in force. Events and decisions name their batch and position,
+# so a replay can run the same batches in the same order at the same clock.
+batches = Table(
+    "batches",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("at", Float, nullable=False),
+    Column("policy_version", Integer, nullable=False),
+    Index("ix_batches_at", "at"),
+    sqlite_autoincrement=True,  # never reuses an id (the order is the processing order)
+)
+
 events = Table(
     "events",
     metadata,
@@ -117,7 +130,10 @@ events = Table(
     Column("account_domain", String(255)),
     Column("policy_version", Integer, nullable=False),
     Column("payload", Text, nullable=False),
+    Column("batch_id", BigInteger),
+    Column("batch_pos", Integer),
     Index("ix_events_lead_id", "lead_id"),
+    Index("ix_events_batch", "batch_id", "batch_pos"),
     Index("ix_events_source_received", "source", "received_at"),
 )
 
@@ -206,6 +222,9 @@ decisions = Table(
     # SLA of the routing rule: accept by ``sla_due_at``; pending | met | missed.
     Column("sla_due_at", Float),
     Column("sla_status", String(20)),
+    # The batch that made it and its place among that batch's decisions (replay order).
+    Column("batch_id", BigInteger),
+    Column("batch_pos", Integer),
     Index("ix_decisions_lead_id", "lead_id"),
     Index("ix_decisions_crm_id", "crm_id"),
     Index("ix_decisions_sla", "sla_status", "sla_due_at"),
@@ -309,3 +328,52 @@ def dumps(value: Any) -> str:
 
 def loads(text: str | bytes | None) -> Any:
     return orjson.loads(text) if text else {}
+
+
+# Replays and shadow policies (app.policy.impact.replay): one row per job, its progress
+# and, when done, its decision diff; the decisions it made are in ``replay_decisions``.
+replays = Table(
+    "replays",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("kind", String(20), nullable=False),  # replay | shadow | dry_run
+    Column("status", String(20), nullable=False),  # queued | running | done | failed | …
+    Column("policy_version", Integer),  # a stored version replayed, or
+    Column("policy_text", Text),  # a candidate document (JSON)
+    Column("since", Float),
+    Column("until", Float),
+    Column("start", String(20), nullable=False),  # history | empty
+    Column("examples", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("created_by", String(200)),
+    Column("started_at", Float),
+    Column("finished_at", Float),
+    Column("progress", Text),
+    Column("result", Text),
+    Column("error", Text),
+    Column("owner", String(100)),
+    Column("lease_until", Float),
+    Column("cursor", BigInteger),  # the last batch applied (a shadow follows new ones)
+    Index("ix_replays_status", "status"),
+)
+
+replay_decisions = Table(
+    "replay_decisions",
+    metadata,
+    Column("replay_id", String(40), primary_key=True),
+    Column("lane", String(20), primary_key=True),  # candidate | baseline
+    Column("pos", Integer, primary_key=True, autoincrement=False),
+    Column("batch_id", BigInteger),
+    Column("type", String(40), nullable=False),
+    Column("lead_id", String(320)),
+    Column("account_domain", String(255)),
+    Column("rule", String(200), nullable=False),
+    Column("team", String(200), nullable=False),
+    Column("assignee", String(320)),
+    Column("band", String(40)),
+    Column("tier", String(20)),
+    Column("source", String(200)),
+    Column("created_at", Float, nullable=False),
+    Column("trigger_event_id", String(200)),
+    Column("payload", Text, nullable=False),
+)

@@ -33,6 +33,7 @@ class BatchState:
 
     policy: CompiledPolicy
     now: float
+    batch_id: int | None = None  # the recorded batch (``batches``) this state applies
     leads: dict[str, LeadState] = field(default_factory=dict)
     accounts: dict[str, AccountState] = field(default_factory=dict)
     identity: dict[str, str] = field(default_factory=dict)
