@@ -16,7 +16,18 @@ import typer
 import yaml
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from app.cli.support import db, describe_db, fail, load_settings, on_db, progress, read, revision
+from app.cli.support import (
+    db,
+    describe_db,
+    fail,
+    load_policy_file,
+    load_settings,
+    on_db,
+    parse_time,
+    progress,
+    read,
+    revision,
+)
 from app.config import Settings
 
 # Plain help (rich_markup_mode=None): typer's rich help prints a type column that shows
@@ -167,30 +178,12 @@ def apikey_create(
     typer.echo(f"key {name!r} stored in {describe_db(load_settings())}", err=True)
 
 
-def _load_policy_file(path: Path) -> tuple[str, Any]:
-    """The file's text and document, held to the bounds of an upload (app.policy.bounded):
-    1 MiB, YAML aliases, nesting."""
-    from app.errors import AppError, MalformedBody
-    from app.policy.bounded import MAX_DOCUMENT_BYTES, load_json, load_yaml
-
-    text = read(path)
-    if len(text.encode()) > MAX_DOCUMENT_BYTES:
-        fail(f"{path}: over {MAX_DOCUMENT_BYTES} bytes", code="document_too_large")
-    try:
-        return text, (load_json(text) if path.suffix == ".json" else load_yaml(text))
-    except MalformedBody as exc:
-        detail = exc.message.split(": ", 1)[-1]
-        fail(f"{path}: not valid YAML/JSON: {' '.join(detail.split())}", code="invalid_file")
-    except AppError as exc:
-        fail(f"{path}: {exc.message}", code=exc.code)
-
-
 @policy_cli.command("validate")
 def policy_validate(file: PolicyFile) -> None:
     """Check a policy file; each error names its exact path."""
     from app.policy.schema import parse_policy
 
-    _, raw = _load_policy_file(file)
+    _, raw = load_policy_file(file)
     doc, errors = parse_policy(raw)
     if doc is None:
         for err in errors:
@@ -212,7 +205,7 @@ def policy_apply(
     from app.errors import AppError
     from app.policy.store import save_version, storable, validate_or_raise
 
-    text, raw = _load_policy_file(file)
+    text, raw = load_policy_file(file)
     try:
         doc = validate_or_raise(raw)
         storable(doc, 1)  # stored only if a start-up can load it again
@@ -304,21 +297,6 @@ def listen(
         raise
 
 
-def _parse_time(value: str, option: str, as_json: bool) -> float:
-    from datetime import UTC, datetime
-
-    try:
-        at = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        fail(
-            f"{option}: {value!r} is not a date or time (e.g. 2026-10-01)",
-            code="invalid_option",
-            exit_code=2,
-            as_json=as_json,
-        )
-    return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
-
-
 @cli.command()
 def calibrate(
     since: Annotated[
@@ -341,8 +319,8 @@ def calibrate(
     from app.policy.impact.calibration import calibrate as run_calibration
 
     now = time.time()
-    start = _parse_time(since, "--since", as_json)
-    end = _parse_time(until, "--until", as_json) if until is not None else now
+    start = parse_time(since, "--since", as_json)
+    end = parse_time(until, "--until", as_json) if until is not None else now
 
     async def run(session: AsyncSession) -> Proposal:
         with progress(len(STEPS), "calibrating") as show:
@@ -397,6 +375,11 @@ cli.add_typer(secrets_cli, name="secrets")
 from app.cli.leads import lead_cli  # noqa: E402
 
 cli.add_typer(lead_cli, name="lead")
+
+# replay (app.cli.replay).
+from app.cli.replay import replay  # noqa: E402
+
+cli.command()(replay)
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import orjson
 import typer
@@ -136,3 +136,36 @@ def read(path: Path) -> str:
         return path.read_text("utf-8-sig")
     except OSError as exc:
         fail(f"cannot read {path}: {exc.strerror or exc}", code="file", exit_code=2)
+
+
+def load_policy_file(path: Path) -> tuple[str, Any]:
+    """The file's text and document, held to the bounds of an upload (app.policy.bounded):
+    1 MiB, YAML aliases, nesting."""
+    from app.errors import AppError, MalformedBody
+    from app.policy.bounded import MAX_DOCUMENT_BYTES, load_json, load_yaml
+
+    text = read(path)
+    if len(text.encode()) > MAX_DOCUMENT_BYTES:
+        fail(f"{path}: over {MAX_DOCUMENT_BYTES} bytes", code="document_too_large")
+    try:
+        return text, (load_json(text) if path.suffix == ".json" else load_yaml(text))
+    except MalformedBody as exc:
+        detail = exc.message.split(": ", 1)[-1]
+        fail(f"{path}: not valid YAML/JSON: {' '.join(detail.split())}", code="invalid_file")
+    except AppError as exc:
+        fail(f"{path}: {exc.message}", code=exc.code)
+
+
+def parse_time(value: str, option: str, as_json: bool) -> float:
+    from datetime import UTC, datetime
+
+    try:
+        at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        fail(
+            f"{option}: {value!r} is not a date or time (e.g. 2026-10-01)",
+            code="invalid_option",
+            exit_code=2,
+            as_json=as_json,
+        )
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()

@@ -104,15 +104,17 @@ policies = Table(
     Column("report", Text),
 )
 
-# One row per pipeline transaction that stored a fresh event: the service clock it ran
-# at and the policy version in force. Events and decisions name their batch and position,
-# so a replay can run the same batches in the same order at the same clock.
+# One row per pipeline transaction that stored a fresh event (the service clock it ran at
+# and the policy version in force) or per account import. Events and decisions name their
+# batch and position, so a replay runs the same batches in the same order at the same clock.
 batches = Table(
     "batches",
     metadata,
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
     Column("at", Float, nullable=False),
-    Column("policy_version", Integer, nullable=False),
+    Column("policy_version", Integer),
+    # An ABM import (PUT /v1/accounts) is recorded in the same order: its rows, as given.
+    Column("accounts", Text),
     Index("ix_batches_at", "at"),
     sqlite_autoincrement=True,  # never reuses an id (the order is the processing order)
 )

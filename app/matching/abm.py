@@ -7,9 +7,10 @@ import io
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import accounts, upsert
+from app.db import accounts, batches, dumps, upsert
 from app.errors import InvalidInput, first_error
 from app.events import ACCOUNT_FIELDS, MAX_EMPLOYEES, MAX_REVENUE, Country, Domain, ShortText, Slug
 
@@ -89,8 +90,11 @@ def validate_rows(items: list[Any]) -> list[AccountImport]:
     return out
 
 
-async def upsert_accounts(session: AsyncSession, rows: list[AccountImport], now: float) -> int:
-    """Insert new accounts and update the given columns of existing ones."""
+async def upsert_accounts(
+    session: AsyncSession, rows: list[AccountImport], now: float, *, recorded: bool = True
+) -> int:
+    """Insert new accounts and update the given columns of existing ones; the import is
+    recorded as a batch (``recorded``; a replay applying it again does not record it)."""
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     latest = {row.domain: row for row in rows}  # one row per domain: the last one wins
     for row in latest.values():
@@ -106,4 +110,8 @@ async def upsert_accounts(session: AsyncSession, rows: list[AccountImport], now:
         groups.setdefault(cols, []).append(record)
     for cols, records in groups.items():
         await upsert(session, accounts, records, ["domain"], update_cols=[*cols, "updated_at"])
+    if recorded and latest:
+        # In the batches' order, so that a replay imports them where they happened.
+        imported = [r.model_dump(mode="json", exclude_unset=True) for r in latest.values()]
+        await session.execute(insert(batches).values(at=now, accounts=dumps(imported)))
     return len(latest)

@@ -43,6 +43,7 @@ from app.privacy import Privacy
 from app.routing.sla import SlaTimer
 from app.runtime.batcher import Batcher
 from app.runtime.loop_thread import LoopThread
+from app.runtime.replays import ReplayLauncher
 from app.runtime.secrets import load_hash_key, seal_secrets
 from app.sources import Debugger, SourceStore
 
@@ -93,6 +94,7 @@ class Runtime:
         self.policy_skipped: dict[int, str] = {}  # applied versions newer than it, unloadable
         self.dispatcher: Dispatcher | None = None
         self.sla: SlaTimer | None = None  # runs with the dispatcher
+        self.replays = ReplayLauncher(self.sessionmaker, settings)  # replay processes
         self.batcher = Batcher(
             self.process,
             max_events=settings.batch_max_events,
@@ -178,6 +180,7 @@ class Runtime:
                 writes=writes,
             )
             self.sla.start()
+            self._tasks.append(asyncio.create_task(self.replays.run(), name="replays"))
         # The suppression set is loaded before the first batch; erasures run one at a time
         # with the pipeline's batches; retention runs with the dispatcher.
         await self.privacy.start(
@@ -219,6 +222,7 @@ class Runtime:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.replays.stop()
         await self.privacy.stop()
         if self.sla is not None:
             await self.sla.stop()

@@ -23,7 +23,8 @@ def upgrade() -> None:
         "batches",
         sa.Column("id", BIG, nullable=False),
         sa.Column("at", sa.Float(), nullable=False),
-        sa.Column("policy_version", sa.Integer(), nullable=False),
+        sa.Column("policy_version", sa.Integer(), nullable=True),
+        sa.Column("accounts", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_batches")),
         sqlite_autoincrement=True,
     )
