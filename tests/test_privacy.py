@@ -121,6 +121,20 @@ async def scan(svc: Service) -> list[str]:
     return found
 
 
+async def replay_done(svc: Service, body: dict[str, Any]) -> dict[str, Any]:
+    r = await svc.client.post("/v1/replays", json=body)
+    assert r.status_code == 202, r.text
+    url = r.json()["url"]
+
+    async def done() -> dict[str, Any] | None:
+        view: dict[str, Any] = (await svc.client.get(url)).json()
+        return view if view["status"] in ("done", "failed") else None
+
+    view = await eventually(done, within=60)
+    assert view["status"] == "done", view
+    return view
+
+
 async def account_row(svc: Service) -> tuple[Any, ...]:
     async with svc.runtime.sessionmaker() as s:
         row = (
@@ -145,6 +159,14 @@ async def test_erasure_leaves_nothing_of_the_person(
         assert r.status_code == 201, r.text
         other_decision = await routed(svc, hook, clock, OTHER)
         await delivered(svc, other_decision)
+    # A replay whose candidate sends every lead to another team: its diff's examples and
+    # its decisions name the person too.
+    candidate = (await svc.client.get("/v1/policy")).json()["policy"]
+    for rule in candidate["routing"]["rules"]:
+        rule["team"] = "queue"
+    replay = await replay_done(svc, {"policy": candidate, "examples": 50})
+    assert replay["diff"]["counts"]["changed_team"] >= 1
+    assert any(t.startswith("replay_decisions.") for t in await scan(svc))
     assert await scan(svc), "the scenario stores the person (else the scan proves nothing)"
     acct_before = (await svc.client.get("/v1/accounts/acme.com")).json()
     stored_before = await account_row(svc)
@@ -162,6 +184,8 @@ async def test_erasure_leaves_nothing_of_the_person(
             "delivery_attempts": 1,
             "dispositions": 1,
             "suppressions": 0,
+            "replay_decisions": 1,
+            "replays": 1,
         },
         "suppressed": False,
     }

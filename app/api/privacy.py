@@ -32,6 +32,8 @@ class ErasedCounts(BaseModel):
     delivery_attempts: int = Field(description="webhook response bodies cleared")
     dispositions: int = Field(description="dispositions kept, note cleared")
     suppressions: int = Field(description="identifier hashes stored (suppress=true)")
+    replay_decisions: int = Field(description="decisions replays would have made, deleted")
+    replays: int = Field(description="replay diffs whose examples named the person, scrubbed")
 
 
 class ErasureView(BaseModel):

@@ -15,6 +15,8 @@ What goes and what stays:
   reason is replaced.
 - ``delivery_attempts``: the response bodies of the person's deliveries are cleared.
 - ``dispositions``: notes cleared, ``lead_id`` becomes the pseudonym.
+- ``replay_decisions`` (what a replay or shadow policy would have decided) of the person
+  are deleted, and the person is scrubbed from the diffs' examples in ``replays``.
 - ``accounts`` are not touched: an account's intent is an aggregate of its leads'
   accumulators and stays as it was (its stored ``active_leads`` too; the read API's
   count of active leads *now* is taken from the remaining leads).
@@ -32,7 +34,16 @@ import orjson
 from sqlalchemy import bindparam, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import decisions, deliveries, delivery_attempts, dispositions, events, identities
+from app.db import (
+    decisions,
+    deliveries,
+    delivery_attempts,
+    dispositions,
+    events,
+    identities,
+    replay_decisions,
+    replays,
+)
 from app.db import leads as leads_table
 from app.delivery import lifecycle
 from app.privacy.person import Person, Scrubber
@@ -143,4 +154,21 @@ async def erase_person(session: AsyncSession, person: Person, *, pseudonym: str)
     counts["leads"] = await _rowcount(
         session, delete(leads_table).where(leads_table.c.lead_id.in_(person.lead_ids))
     )
+    counts["replay_decisions"] = await _rowcount(
+        session,
+        delete(replay_decisions).where(replay_decisions.c.lead_id.in_(person.lead_ids)),
+    )
+    counts["replays"] = await _replays(session, person, scrub)
     return counts
+
+
+async def _replays(session: AsyncSession, person: Person, scrub: Scrubber) -> int:
+    """Scrub the person out of replay diffs (their examples name leads)."""
+    if not person.lead_ids:
+        return 0
+    mentions = or_(*(replays.c.result.contains(i) for i in person.lead_ids))
+    rows = (await session.execute(select(replays.c.id, replays.c.result).where(mentions))).all()
+    for r in rows:
+        scrubbed = orjson.dumps(scrub.doc(orjson.loads(r.result))).decode()
+        await session.execute(update(replays).where(replays.c.id == r.id).values(result=scrubbed))
+    return len(rows)
