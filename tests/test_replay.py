@@ -67,10 +67,15 @@ async def replay(svc: Service, body: dict[str, Any]) -> dict[str, Any]:
     job: dict[str, Any] = await eventually(finished, within=180)
     assert job["error"] is None, job
     assert job["diff"] is not None, job
-    progress = job["progress"]
-    assert progress["phase"] == "done", job
-    assert progress["batches_done"] == progress["batches_total"], job
+    assert job["progress"]["phase"] == "done", job
     return job
+
+
+def complete(job: dict[str, Any]) -> None:
+    """The progress of a finished job: everything it counted, done."""
+    progress = job["progress"]
+    assert progress["batches_done"] == progress["batches_total"] > 0, progress
+    assert progress["events_done"] == progress["events_total"] > 0, progress
 
 
 async def replayed(svc: Service, job_id: str, lane: str = "candidate") -> list[dict[str, Any]]:
@@ -150,12 +155,12 @@ async def test_replay_of_the_window_equals_reality(svc: Service, clock: FakeCloc
         svc, {"version": h.version_after, "since": ts(h.changed_at), "start": "history"}
     )
     assert job["diff"]["baseline"] == "actual"
-    assert job["progress"]["events_done"] == job["progress"]["events_total"] > 0
     truth = await actual(svc, since=h.changed_at)
     assert len(truth) == sum(h.window.by_rule.values()) > 0
     got = [shape(d) for d in await replayed(svc, job["id"])]
     assert got == truth, first_difference(truth, got)
     only_unchanged(job["diff"], len(truth))
+    complete(job)
 
 
 async def test_replay_of_the_whole_history(svc: Service, clock: FakeClock) -> None:
@@ -178,6 +183,7 @@ async def test_replay_of_the_whole_history(svc: Service, clock: FakeClock) -> No
     # warm_nurture decisions (and their escalations) are not made without the warm rule.
     assert diff["counts"]["no_longer_routed"] + diff["counts"]["changed_rule"] > 0, diff
     assert not any(d["rule"] == "warm_nurture" for d in await replayed(svc, job["id"]))
+    complete(job)
 
 
 # -- d) start empty ----------------------------------------------------------------------
@@ -197,6 +203,7 @@ async def test_start_empty_compares_with_the_recorded_versions(
     assert candidate == baseline, first_difference(baseline, candidate)
     assert len(candidate) > 0
     only_unchanged(diff, len(candidate))
+    complete(job)
 
 
 # -- c) the pricing candidate, against an independent computation ------------------------
@@ -361,8 +368,12 @@ async def test_raising_pricing_page_view_to_25_newly_routes_exactly_the_computed
     assert diff["counts"]["newly_routed"] == len(newly), (sorted(newly), diff["counts"])
     examples = {x["lead_id"] for x in diff["examples"].get("newly_routed", [])}
     assert examples == newly, (sorted(examples), sorted(newly))
-    for x in diff["examples"]["newly_routed"]:
-        assert x["baseline"] is None and x["candidate"]["lead_id"] == x["lead_id"], x
+    for x in diff["examples"]["newly_routed"]:  # the candidate's explanation, none before
+        assert x["baseline"] is None and x["seconds"] is None, x
+        [at] = computed[x["lead_id"]][1]
+        got = x["candidate"]
+        assert (got["type"], got["band"], got["created_at"]) == ("lead.routed", "hot", iso(at))
+        assert got["score"]["total"] >= 80 and got["signals"], x
     candidate = await replayed(svc, job["id"])
     assert {d["lead_id"] for d in candidate if d["type"] == "lead.routed"} == then_routed
     assert {d["lead_id"] for d in candidate} - now_routed == newly
@@ -380,6 +391,7 @@ async def test_raising_pricing_page_view_to_25_newly_routes_exactly_the_computed
     changed = [k for k in KINDS if k.startswith("changed_")]
     assert {k: diff["counts"][k] for k in changed} == dict.fromkeys(changed, 0), diff["counts"]
     assert diff["decisions"] == {"baseline": len(now_routed), "candidate": len(then_routed)}
+    complete(job)
 
 
 # -- e) bad input ------------------------------------------------------------------------
@@ -411,10 +423,9 @@ async def test_bad_replay_requests_are_refused_naming_the_field(
         got = r.json()
         assert got["code"] and got["message"], (body, got)
         assert any((got.get("field") or "").endswith(f) for f in fields), (body, got)
-    r = await svc.client.get("/v1/replays/rpl_00000000000000000000000000")
-    assert (r.status_code, r.json()["code"]) == (404, "not_found"), r.text
-    r = await svc.client.get("/v1/replays/rpl_00000000000000000000000000/decisions")
-    assert (r.status_code, r.json()["code"]) == (404, "not_found"), r.text
+    for path in ("", "/decisions"):
+        r = await svc.client.get(f"/v1/replays/rpl_00000000000000000000000000{path}")
+        assert r.status_code == 404 and r.json()["code"].endswith("not_found"), r.text
     async with svc.as_key(await new_key(svc, "reader", ["read"])) as reader:
         r = await reader.post("/v1/replays", json={"version": 1})
         assert r.status_code == 403, r.text
