@@ -31,7 +31,7 @@ from app.observability import metrics
 from app.policy.schema import CompiledPolicy
 from app.routing.assignment import Counters, assign
 from app.routing.decisions import build
-from app.routing.rules import cooldown_verdict, match_rule
+from app.routing.rules import cooldown_verdict, trace_rules
 from app.routing.surge import surge_candidates
 from app.scoring.engine import score
 from app.scoring.state import AccountState, LeadState
@@ -221,7 +221,8 @@ async def _route(
     routed: list[Routed] = []
     suppressed = 0
     for c in candidates:
-        compiled = match_rule(
+        # The rules evaluated before the winner, each with the condition it failed (why not).
+        compiled, rules_evaluated = trace_rules(
             policy, kind=c.kind, band=c.band, tier=c.tier, active_leads=c.active_leads, ctx=c.ctx
         )
         if compiled is None and not (c.kind == "lead" and c.band in policy.route_bands):
@@ -253,6 +254,7 @@ async def _route(
             escalation=escalation,
             policy_version=policy.version,
             now=now,
+            rules_evaluated=rules_evaluated,
         )
         payload = orjson.dumps(body)
         row["payload"] = payload.decode()

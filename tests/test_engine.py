@@ -258,17 +258,35 @@ def test_the_candidate_explains_the_score(policy: CompiledPolicy) -> None:
     apply(policy, lead, account, "pricing_page_view", T0, now=T0)
     candidate = apply(policy, lead, account, "demo_request", T0, now=T0, event_id="d")
     assert candidate is not None
+    at_t0 = "2026-03-02T09:00:00.000Z"
     assert candidate.signals == [
-        {"signal": "demo_request", "score": 20.0},
-        {"signal": "pricing_page_view", "score": 15.0},
+        {
+            "signal": "demo_request",
+            "score": 20.0,
+            "points": DEMO[0],
+            "half_life": DEMO[1],
+            "decayed_count": 1.0,
+            "last_event_at": at_t0,
+        },
+        {
+            "signal": "pricing_page_view",
+            "score": 15.0,
+            "points": PRICING[0],
+            "half_life": PRICING[1],
+            "decayed_count": 1.0,
+            "last_event_at": at_t0,
+        },
     ]
-    assert {f["rule"]: f["points"] for f in candidate.fit_breakdown} == {
-        "company_size_in_icp": 10,
-        "industry_in_icp": 10,
-        "decision_maker_title": 15,
-        "location_in_service_area": 10,
-        "revenue_in_range": 5,
-    }
+    # Every fit rule, in policy order, the one that did not match too (contributing 0).
+    assert [(f["rule"], f["points"], f["matched"]) for f in candidate.fit_breakdown] == [
+        ("company_size_in_icp", 10, True),
+        ("industry_in_icp", 10, True),
+        ("decision_maker_title", 15, True),
+        ("location_in_service_area", 10, True),
+        ("revenue_in_range", 5, True),
+        ("free_mail_student_or_competitor", 0, False),
+    ]
+    assert candidate.fit_breakdown[-1]["rule_points"] == -20
     assert candidate.ctx["score"]["band"] == "hot"
     assert candidate.ctx["event"]["type"] == "demo_request"
     assert candidate.ctx["account"]["tier"] == "tier_1"

@@ -119,7 +119,14 @@ class DecisionSummary(BaseModel):
 class DecisionView(DecisionSummary):
     """One decision in full: the webhook body and every delivery with its attempts."""
 
-    payload: dict[str, Any] = Field(description="the webhook body, as delivered")
+    payload: dict[str, Any] = Field(
+        description="the webhook body, as delivered. Its data explains the decision in full: "
+        "signals (every signal's points, half_life in seconds, decayed_count and contribution "
+        "`score` at score.evaluated_at, largest first), fit_breakdown (every fit rule with "
+        "matched, its rule_points and what it contributed, then the clamp to 0–fit_max if "
+        "any) and rules_evaluated (the routing rules tried before the one that won, each "
+        "with the first condition it failed: field, op, expected, actual)"
+    )
     deliveries: list[DeliveryView]
 
 

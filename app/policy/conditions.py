@@ -207,3 +207,78 @@ def compile_condition(cond: Condition, lists: Mapping[str, frozenset[str]]) -> P
     assert cond.in_list is not None
     members = lists.get(cond.in_list, frozenset())
     return lambda ctx: _member(_norm(get(ctx)), members)
+
+
+# -- why a condition failed (the route path's explanation; never on the scoring path) --
+
+Failure = dict[str, Any]
+Tracer = Callable[[Context], Failure | None]
+
+
+def _leaf(cond: Condition) -> tuple[str, Any]:
+    """A leaf condition's operator, as the policy spells it, and what it compares with."""
+    if cond.eq is not None:
+        return "eq", cond.eq
+    if cond.in_ is not None:
+        return "in", list(cond.in_)
+    if cond.between is not None:
+        return "between", list(cond.between)
+    if cond.gte is not None:
+        return "gte", cond.gte
+    if cond.lte is not None:
+        return "lte", cond.lte
+    if cond.matches is not None:
+        return "matches", cond.matches
+    if cond.exists is not None:
+        return "exists", cond.exists
+    return "in_list", cond.in_list
+
+
+def failure(field: str | None, op: str, expected: Any, actual: Any) -> Failure:
+    return {"field": field, "op": op, "expected": expected, "actual": actual}
+
+
+def trace_condition(cond: Condition, lists: Mapping[str, frozenset[str]]) -> Tracer:
+    """``compile_condition`` that says why: None when the condition holds, else its first
+    failing part as ``{field, op, expected, actual}`` (``actual``: the value the context
+    holds). An ``all`` fails at its first failing child; an ``any`` whose children all
+    failed lists them under ``failed``; a ``not`` fails when its inner condition held."""
+    if cond.all is not None:
+        parts = [trace_condition(c, lists) for c in cond.all]
+
+        def all_(ctx: Context) -> Failure | None:
+            for part in parts:
+                if (failed := part(ctx)) is not None:
+                    return failed
+            return None
+
+        return all_
+    if cond.any is not None:
+        options = [trace_condition(c, lists) for c in cond.any]
+
+        def any_(ctx: Context) -> Failure | None:
+            failures = []
+            for option in options:
+                if (failed := option(ctx)) is None:
+                    return None
+                failures.append(failed)
+            return failure(None, "any", None, None) | {"failed": failures}
+
+        return any_
+    if cond.not_ is not None:
+        return _trace_not(cond.not_, lists)
+    assert cond.field is not None
+    holds, get, field = compile_condition(cond, lists), getter(cond.field), cond.field
+    op, expected = _leaf(cond)
+    return lambda ctx: None if holds(ctx) else failure(field, op, expected, get(ctx))
+
+
+def _trace_not(inner: Condition, lists: Mapping[str, frozenset[str]]) -> Tracer:
+    """``not``: a failure when ``inner`` held, named ``not <op>`` for a leaf."""
+    holds = compile_condition(inner, lists)
+    if inner.field is None:  # a combinator: shown as written
+        written = inner.model_dump(by_alias=True, exclude_none=True)
+        return lambda ctx: failure(None, "not", written, None) if holds(ctx) else None
+    get, field = getter(inner.field), inner.field
+    op, expected = _leaf(inner)
+    return lambda ctx: failure(field, f"not {op}", expected, get(ctx)) if holds(ctx) else None

@@ -434,6 +434,9 @@ class CompiledPolicy:
         total = sum(p for _, p in matched)
         return max(0.0, min(self.fit_max, total)), matched
 
+    def explain_fit(self, ctx: Context) -> list[tuple[str, float, bool]]:
+        return [(name, points, pred(ctx)) for name, points, pred in self.fit_rules]
+
     def signal_for_segment_track(self, event_name: str) -> str | None:
         return self.doc.segment.track.get(event_name)
 

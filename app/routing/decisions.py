@@ -24,7 +24,8 @@ def explain(
     else:
         head = f"account {c.account_domain} surged: {c.active_leads} active leads"
     where = f" at {c.tier} account {c.account_domain}" if c.tier and c.kind == "lead" else ""
-    top = ", ".join(f"{x['signal']} {x['score']:.1f}" for x in c.signals[:3])
+    scoring = [x for x in c.signals if x["score"]][:3]  # c.signals holds every signal
+    top = ", ".join(f"{x['signal']} {x['score']:.1f}" for x in scoring)
     matched = f'rule "{rule}"' if rule else "no rule matched: default queue"
     who = f"{assignee} ({strategy})" if assignee else f"unassigned ({strategy})"
     esc = "; escalation within cooldown" if escalation else ""
@@ -41,8 +42,12 @@ def build(
     escalation: bool,
     policy_version: int,
     now: float,
+    rules_evaluated: list[dict[str, Any]] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(decision row, webhook body) for one routed candidate."""
+    """(decision row, webhook body) for one routed candidate. The body explains it in
+    full: every signal's contribution, every fit rule matched or not, and the rules
+    evaluated before the one that won with the condition each failed (``rules_evaluated``,
+    from ``rules.trace_rules``)."""
     decision_id = new_id("dec", now)
     reason = explain(c, rule, team, assignee, strategy, escalation)
     body = {
@@ -61,6 +66,7 @@ def build(
             "reason": reason,
             "signals": c.signals,
             "fit_breakdown": c.fit_breakdown,
+            "rules_evaluated": rules_evaluated or [],
             "active_leads": c.active_leads if c.kind == "account" else None,
             "policy_version": policy_version,
             "trigger_event_id": c.trigger_event_id,

@@ -10,8 +10,8 @@ from app.db.bulk import Bulk
 from app.events import Candidate
 from app.matching.identity import BatchState
 from app.routing.rules import cooldown_verdict
-from app.scoring.decay import Accumulators, raw_intent, signal_scores
-from app.scoring.engine import account_snapshot, top_signals
+from app.scoring.decay import Accumulators, raw_intent
+from app.scoring.engine import account_snapshot, signal_breakdown
 from app.scoring.state import AccountState, _accs
 
 
@@ -140,7 +140,7 @@ def _candidate(state: BatchState, domain: str, active_leads: int, t: float) -> C
         lead=None,
         account=account_snapshot(acct),
         score=score,
-        signals=top_signals(signal_scores(acct.signals, t, policy.signals)),
+        signals=signal_breakdown(policy, acct.signals, t),
         fit_breakdown=[],
         trigger_event_id=trigger.event_id if trigger else None,
         event_received_at=trigger.received_at if trigger else None,

@@ -8,10 +8,8 @@ from typing import Any
 from app.clock import iso
 from app.events import ATTRIBUTE_ONLY_TYPES, Candidate, Event, email_domain
 from app.policy.schema import CompiledPolicy
-from app.scoring.decay import apply_event, clamp, raw_intent, signal_scores
+from app.scoring.decay import Accumulators, apply_event, clamp, raw_intent, signal_scores, value_at
 from app.scoring.state import AccountState, LeadState
-
-TOP_SIGNALS = 5
 
 
 @dataclass
@@ -44,9 +42,56 @@ def evaluate(
     return Evaluation(fit, breakdown, intent, fit + intent, signals)
 
 
-def top_signals(signals: dict[str, float]) -> list[dict[str, Any]]:
-    ranked = sorted(signals.items(), key=lambda kv: -abs(kv[1]))
-    return [{"signal": k, "score": round(v, 4)} for k, v in ranked[:TOP_SIGNALS] if v]
+def signal_breakdown(policy: CompiledPolicy, accs: Accumulators, t: float) -> list[dict[str, Any]]:
+    """Every signal the policy knows that ``accs`` holds, with its points, half-life
+    (seconds), decayed event count and contribution (``score``) at ``t``, largest
+    contribution first: the contributions add up to the unclamped intent."""
+    out: list[dict[str, Any]] = []
+    for name, acc in accs.items():
+        spec = policy.signals.get(name)
+        if spec is None:
+            continue
+        count = value_at(acc, t, spec.half_life)
+        out.append(
+            {
+                "signal": name,
+                "score": round(spec.points * count, 4),
+                "points": spec.points,
+                "half_life": spec.half_life,
+                "decayed_count": round(count, 6),
+                "last_event_at": iso(acc[1]),
+            }
+        )
+    out.sort(key=lambda item: (-abs(item["score"]), item["signal"]))
+    return out
+
+
+def fit_explanation(policy: CompiledPolicy, ctx: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every fit rule in policy order, matched or not (``points``: what it contributed),
+    then the clamp when the sum fell outside 0–fit_max: the points add up to the fit."""
+    out: list[dict[str, Any]] = [
+        {
+            "rule": name,
+            "points": points if matched else 0.0,
+            "rule_points": points,
+            "matched": matched,
+        }
+        for name, points, matched in policy.explain_fit(ctx)
+    ]
+    total = sum(item["points"] for item in out)
+    fit = clamp(total, 0.0, policy.fit_max)
+    if fit != total:
+        limit = "fit_max" if total > fit else "fit_min"
+        out.append(
+            {
+                "rule": limit,
+                "points": round(fit - total, 4),
+                "rule_points": None,
+                "matched": True,
+                "clamp": True,
+            }
+        )
+    return out
 
 
 def account_snapshot(account: AccountState | None) -> dict[str, Any] | None:
@@ -155,12 +200,14 @@ def _candidate(
 ) -> Candidate:
     """The routing candidate of a lead whose band rose: its snapshot and explanation, at
     the transition's evaluation time ``t``."""
-    ev_ = evaluate(policy, lead, account, t)  # the full breakdown, for the decision
+    fit_ctx = _fit_context(lead, account)
+    fit = policy.fit(fit_ctx)[0]
+    intent = clamp(raw_intent(lead.signals, t, policy.signals), 0.0, policy.intent_max)
     tier = account.tier if account else None
     score = {
-        "total": round(ev_.total, 4),
-        "fit": round(ev_.fit, 4),
-        "intent": round(ev_.intent, 4),
+        "total": round(fit + intent, 4),
+        "fit": round(fit, 4),
+        "intent": round(intent, 4),
         "band": band,
         "evaluated_at": iso(t),
         "policy_version": policy.version,
@@ -190,8 +237,8 @@ def _candidate(
         lead={k: v for k, v in lead_ctx.items() if v is not None},
         account=acct,
         score=score,
-        signals=top_signals(ev_.signals),
-        fit_breakdown=[{"rule": r, "points": p} for r, p in ev_.fit_breakdown],
+        signals=signal_breakdown(policy, lead.signals, t),
+        fit_breakdown=fit_explanation(policy, fit_ctx),
         trigger_event_id=ev.event_id,
         event_received_at=ev.received_at,
     )
