@@ -113,6 +113,17 @@ def read_cloudevent(
     return event, stored
 
 
+def stored_cloudevent(value: bytes) -> dict[str, Any]:
+    """The native event dict of a CloudEvent as the events table keeps it (structured),
+    for a replay: its data and id. Its type, source and time are the events row's (the
+    type as the policy of the time mapped it)."""
+    message = binding.KafkaMessage(headers={}, key=None, value=value)
+    ce = binding.from_structured(message, _FORMAT, _Received)
+    event = dict(_data(ce, value, "structured"))
+    event["event_id"] = ce.get_id()
+    return event
+
+
 def signal_for_type(ce_type: str, policy: CompiledPolicy) -> str:
     """Our event type for a CloudEvents ``type``: the policy's ``cloudevents.types``
     mapping, else the type itself or the last part of a reverse-DNS name, whichever is a

@@ -27,11 +27,10 @@ from app.policy.impact.replay import (
     Replayed,
     ReplaySpec,
     Start,
-    Versions,
     actual_decisions,
     run,
 )
-from app.policy.store import load_document
+from app.policy.store import PolicyUnloadable, load_document
 from app.runtime.replays import LEASE_SECONDS
 
 log = logging.getLogger(__name__)
@@ -98,7 +97,18 @@ def job_view(row: Any) -> dict[str, Any]:
 async def spec_of(live: async_sessionmaker[AsyncSession], row: Any) -> ReplaySpec:
     """The job's replay: its candidate compiled as the service would run it."""
     if row.policy_version is not None:
-        candidate = await Versions(live).get(row.policy_version)
+        async with live() as session:
+            document = (
+                await session.execute(
+                    select(policies.c.document).where(policies.c.version == row.policy_version)
+                )
+            ).scalar_one()
+        try:
+            candidate = load_document(row.policy_version, document)
+        except PolicyUnloadable as exc:
+            raise PolicyUnloadable(
+                f"policy version {row.policy_version} does not load: {exc.reason}"
+            ) from None
     else:
         async with live() as session:
             newest = (await session.execute(select(func.max(policies.c.version)))).scalar()

@@ -216,7 +216,6 @@ async def seed_accounts(live: async_sessionmaker[AsyncSession]) -> list[dict[str
 
 async def stream(
     live: async_sessionmaker[AsyncSession],
-    versions: Versions,
     *,
     after: int | None,
     upto: int | None,
@@ -226,7 +225,7 @@ async def stream(
     """The recorded batches with id in (``after``, ``upto``] and clock before ``until``, in
     order, each with its events; events stored before batches were recorded come first."""
     if after is None:
-        async for b in _legacy(live, versions, until, progress):
+        async for b in _legacy(live, until, progress):
             yield b
     last = after or 0
     while True:
@@ -252,17 +251,16 @@ async def stream(
             if row.accounts is not None:
                 batch.accounts = loads(row.accounts)
             else:
-                policy = await versions.get(row.policy_version)
-                batch.events = _events(by_batch.get(row.id, ()), policy, progress)
+                batch.events = _events(by_batch.get(row.id, ()), progress)
             yield batch
         last = rows[-1].id
 
 
-def _events(rows: Any, policy: CompiledPolicy, progress: Progress) -> list[Event]:
+def _events(rows: Any, progress: Progress) -> list[Event]:
     out = []
     for r in rows:
         try:
-            out.append(stored_event(r, r.payload, policy))
+            out.append(stored_event(r, r.payload))
         except Unreadable:
             progress.events_unreadable += 1
     return out
@@ -270,7 +268,6 @@ def _events(rows: Any, policy: CompiledPolicy, progress: Progress) -> list[Event
 
 async def _legacy(
     live: async_sessionmaker[AsyncSession],
-    versions: Versions,
     until: float | None,
     progress: Progress,
 ) -> AsyncIterator[Batch]:
@@ -291,10 +288,7 @@ async def _legacy(
         j = i
         while j < len(rows) and rows[j].received_at == rows[i].received_at:
             j += 1
-        policy = await versions.get(rows[i].policy_version)
-        yield Batch(
-            None, rows[i].received_at, rows[i].policy_version, _events(rows[i:j], policy, progress)
-        )
+        yield Batch(None, rows[i].received_at, rows[i].policy_version, _events(rows[i:j], progress))
         i = j
 
 
@@ -382,7 +376,7 @@ async def _run(
     if after is None:
         progress.phase = "warmup" if warm else "window"
     async for batch in stream(
-        live, versions, after=after, upto=spec.last_batch, until=spec.until, progress=progress
+        live, after=after, upto=spec.last_batch, until=spec.until, progress=progress
     ):
         after = batch.id if batch.id is not None else after
         progress.batches_done += 1
