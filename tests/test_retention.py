@@ -12,11 +12,11 @@ from sqlalchemy import func, select
 
 from app.clock import FakeClock
 from app.config import Settings
-from app.db import delivery_attempts, events
+from app.db import batches, delivery_attempts, events
 from app.privacy.retention import DAY, Retention
 from tests.support.harness import Service, event, eventually, service
 from tests.support.scenarios import lead, routed
-from tests.test_privacy import delivered, echo_receiver, setup
+from tests.test_privacy import delivered, echo_receiver, replay_done, setup
 
 
 @pytest.fixture
@@ -125,3 +125,32 @@ async def test_zero_days_keeps_everything(svc: Service, clock: FakeClock) -> Non
     sweep = Retention(svc.runtime.sessionmaker, clock, kept)
     assert (await sweep.run_once()).events == 0
     assert await event_ids(svc) == {"z-1"}
+
+
+async def test_old_replays_and_batch_records_go_account_imports_stay(
+    kept30: Service, clock: FakeClock
+) -> None:
+    svc = kept30
+    r = await svc.client.put("/v1/accounts", json=[{"domain": "acme.com", "tier": "tier_1"}])
+    assert r.status_code == 200, r.text
+    ev = event("e-old", "site_visit", clock.now(), email="a@acme.com")
+    assert (await svc.client.post("/v1/events", json=ev)).status_code == 202
+    old_job = await replay_done(svc, {"version": 1})
+    clock.advance(31 * DAY)
+    ev = event("e-new", "site_visit", clock.now(), email="b@acme.com")
+    assert (await svc.client.post("/v1/events", json=ev)).status_code == 202
+    new_job = await replay_done(svc, {"version": 1})
+    async with svc.runtime.sessionmaker() as s:
+        assert (await s.execute(select(func.count()).select_from(batches))).scalar() == 3
+
+    swept = await sweeper(svc).run_once()
+    assert swept.replays == 1
+    assert (await svc.client.get(f"/v1/replays/{old_job['id']}")).status_code == 404
+    assert (await svc.client.get(f"/v1/replays/{new_job['id']}")).status_code == 200
+    async with svc.runtime.sessionmaker() as s:
+        left = (
+            await s.execute(select(batches.c.accounts.is_(None)).order_by(batches.c.id))
+        ).scalars()
+        assert list(left) == [False, True]  # the import, and the new event's batch
+    # A replay after the sweep still knows Acme's tier (the import was kept).
+    assert (await replay_done(svc, {"version": 1}))["status"] == "done"

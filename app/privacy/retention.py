@@ -9,6 +9,10 @@ exactly those rows by primary key, with a pause between batches, so the single S
 writer (``LoopThread.write``, shared with the pipeline) is held a few milliseconds at a
 time.
 
+Finished replay jobs (and the decisions they made) go when they are older than the event
+limit, a dry run's after ``DRY_RUN_DAYS``; so do the records of batches whose events are
+gone (account imports stay: replays need the tiers they set).
+
 Scores do not change: a lead's and an account's intent are accumulators that need no
 history. What does change: an ``event_id`` is recognised as a duplicate only while its
 event is kept (dedupe holds for the retention window), and a policy replay or what-if
@@ -29,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.clock import Clock
 from app.config import Settings
-from app.db import Transaction, delivery_attempts, events
+from app.db import Transaction, batches, delivery_attempts, events, replay_decisions, replays
 from app.observability.periodic import Periodic
 
 log = logging.getLogger(__name__)
@@ -38,6 +42,7 @@ DAY = 86400.0
 BATCH = 500
 PAUSE_SECONDS = 0.05
 INTERVAL_SECONDS = 600.0
+DRY_RUN_DAYS = 7.0  # a policy preview's replay is kept a week
 
 Writes = Callable[[Transaction[Any]], Awaitable[Any]]
 
@@ -46,11 +51,37 @@ Writes = Callable[[Transaction[Any]], Awaitable[Any]]
 class Swept:
     events: int = 0
     response_bodies: int = 0
+    replays: int = 0
 
     def __iadd__(self, other: Swept) -> Swept:
         self.events += other.events
         self.response_bodies += other.response_bodies
+        self.replays += other.replays
         return self
+
+
+async def sweep_replays(
+    session: AsyncSession, *, cutoff: float, dry_run_cutoff: float, limit: int
+) -> int:
+    """Finished replay jobs older than the events they replayed (a dry run's after a week)
+    go with the decisions they made (which name leads); so do the records of batches whose
+    events are gone. Account imports stay: a replay still needs the tiers they set."""
+    old = (
+        select(replays.c.id)
+        .where(
+            replays.c.status.not_in(("queued", "running")),
+            (replays.c.created_at < cutoff)
+            | ((replays.c.kind == "dry_run") & (replays.c.created_at < dry_run_cutoff)),
+        )
+        .limit(limit)
+    )
+    ids = list((await session.execute(old)).scalars())
+    if ids:
+        await session.execute(delete(replay_decisions).where(replay_decisions.c.replay_id.in_(ids)))
+        await session.execute(delete(replays).where(replays.c.id.in_(ids)))
+    gone = select(batches.c.id).where(batches.c.at < cutoff, batches.c.accounts.is_(None))
+    await session.execute(delete(batches).where(batches.c.id.in_(gone.limit(limit * 10))))
+    return len(ids)
 
 
 async def old_events(session: AsyncSession, *, cutoff: float, limit: int) -> list[str]:
@@ -138,7 +169,7 @@ class Retention:
                 if body_cutoff is not None
                 else []
             )
-        if not event_ids and not attempt_ids:
+        if not event_ids and not attempt_ids and event_cutoff is None:
             return Swept()
 
         async def sweeping(sessionmaker: async_sessionmaker[AsyncSession]) -> Swept:
@@ -146,6 +177,13 @@ class Retention:
                 done = Swept()
                 if event_ids and event_cutoff is not None:
                     done.events = await delete_events(session, event_ids, cutoff=event_cutoff)
+                if event_cutoff is not None:
+                    done.replays = await sweep_replays(
+                        session,
+                        cutoff=event_cutoff,
+                        dry_run_cutoff=self._clock.now() - DRY_RUN_DAYS * DAY,
+                        limit=self.batch,
+                    )
                 if attempt_ids and body_cutoff is not None:
                     done.response_bodies = await clear_bodies(
                         session, attempt_ids, cutoff=body_cutoff
