@@ -55,7 +55,8 @@ def slack_message(payload: dict[str, Any]) -> dict[str, Any]:
     if account.get("tier"):
         account_text += f" ({account['tier']})"
     signals = ", ".join(
-        f"{s.get('signal')} {s.get('score', 0):.1f}" for s in (data.get("signals") or [])[:3]
+        f"{s.get('signal')} {s.get('score', 0):.1f}"
+        for s in [s for s in data.get("signals") or [] if s.get("score")][:3]
     )
     fields = [
         ("Lead", who or "none"),

@@ -295,11 +295,10 @@ async def _legacy(
 async def count(
     live: async_sessionmaker[AsyncSession], spec: ReplaySpec, progress: Progress
 ) -> None:
-    """The batches and events the replay will run, for its progress."""
+    """The batches and events the replay reads (the window's and, before it, those it
+    warms up on or skips), for its progress."""
     async with live() as session:
         q = select(func.count(), func.min(batches.c.id), func.max(batches.c.id))
-        if spec.start == "empty" and spec.since is not None:
-            q = q.where(batches.c.at >= spec.since)
         if spec.until is not None:
             q = q.where(batches.c.at < spec.until)
         if spec.last_batch is not None:
@@ -386,6 +385,7 @@ async def _run(
             continue
         in_window = spec.in_window(batch)
         if not in_window and spec.start == "empty":
+            progress.events_done += len(batch.events)  # read, and not needed
             continue
         assert batch.policy_version is not None
         recorded = await versions.get(batch.policy_version)
