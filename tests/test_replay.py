@@ -26,7 +26,18 @@ from tests.support.harness import Service, event, eventually, ts
 from tests.support.history import DAY, HOUR, MINUTE, generate
 from tests.support.scenarios import new_key
 
-FIELDS = ("type", "lead_id", "account_domain", "rule", "team", "assignee", "band", "tier")
+FIELDS = (
+    "type",
+    "lead_id",
+    "account_domain",
+    "rule",
+    "team",
+    "assignee",
+    "band",
+    "tier",
+    "source",
+    "trigger_event_id",
+)
 KINDS = (
     "newly_routed",
     "no_longer_routed",
@@ -41,7 +52,7 @@ KINDS = (
 )
 ACTUAL = text(
     "SELECT d.type, d.lead_id, d.account_domain, d.rule, d.team, d.assignee, d.band, d.tier,"
-    " d.created_at FROM decisions d JOIN batches b ON b.id = d.batch_id"
+    " d.source, d.trigger_event_id, d.created_at FROM decisions d JOIN batches b ON b.id = d.batch_id"
     " WHERE b.at >= :since AND b.at < :until ORDER BY d.batch_id, d.batch_pos"
 )
 NO_END = 1e12
@@ -128,8 +139,7 @@ def first_difference(a: list[Any], b: list[Any]) -> str:
 async def test_generated_history_contains_every_feature(svc: Service, clock: FakeClock) -> None:
     h = await generate(svc, clock)
     assert h.window.missing() == [], h.window
-    # Before the change no version routes warm leads, and no tier rises: no escalation.
-    assert h.before.missing() == ["escalations"], h.before
+    assert h.before.missing() == [], h.before
     assert h.merges >= h.before.identified + h.window.identified
     assert h.started_at < h.changed_at < h.ended_at
     assert h.ended_at - h.started_at >= 3 * 7 * DAY

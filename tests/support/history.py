@@ -16,6 +16,7 @@ import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import orjson
@@ -60,7 +61,15 @@ BACKGROUND_TYPES = {
 }
 
 
-Action = tuple[float, int, Callable[[], list[Any]]]  # (when, tie-break, the batch's events)
+@dataclass
+class Import:
+    """An ABM import (PUT /v1/accounts) in the middle of the traffic."""
+
+    rows: list[dict[str, Any]]
+
+
+# (when, tie-break, the batch's events or an import)
+Action = tuple[float, int, Callable[[], "list[Any] | Import"]]
 
 
 @dataclass
@@ -93,6 +102,7 @@ class Phase:
     owner_assigned: int = 0
     round_robin_assignees: set[str] = field(default_factory=set)
     rerouted_after_cooldown: int = 0  # a lead routed hot again a cooldown after
+    imports: int = 0  # ABM imports between events (an account's tier and owner change)
     sources: set[str] = field(default_factory=set)
 
     def missing(self) -> list[str]:
@@ -111,6 +121,7 @@ class Phase:
             "round robin over 2+ members": len(self.round_robin_assignees) >= 2,
             "re-routed after the cooldown": self.rerouted_after_cooldown > 0,
             "several sources": len(self.sources) >= 3,
+            "ABM imports mid-way": self.imports > 0,
         }
         return [name for name, ok in checks.items() if not ok]
 
@@ -213,7 +224,11 @@ class Generator:
                 versions.append(await self.change_policy())
             self.clock.advance(max(0.001, at - self.clock.now()))
             events = action()
-            if events:
+            if isinstance(events, Import):
+                r = await self.svc.client.put("/v1/accounts", json={"accounts": events.rows})
+                assert r.status_code == 200, r.text
+                self.phase.imports += 1
+            elif events:
                 await self.post(events)
         self.phase.suppressed = int(await self.suppressed_total() - mid_suppressed)
         await self.read_back(before, self.phase, changed_at)
@@ -367,6 +382,18 @@ class Generator:
         at(base + 4 * HOUR, one(p, "site_visit"))
         at(base + 9 * HOUR, one(p, "pricing_page_view", "demo_request"))
 
+        # A tier rise: hot at an account outside the ABM list, down to warm, the account
+        # imported as tier 1 with an owner, hot again within 24 h: an escalation to the
+        # owner (under either version).
+        domain = "pied.io" if tag == "a" else "cyberdyne.net"
+        p = Person(f"tier.{tag}@{domain}", "VP Sales", "linkedin_ads")
+        t = base + 3 * DAY + 2 * HOUR
+        at(t, one(p, "pricing_page_view", "demo_request"))
+        at(t + 1 * HOUR, one(p, "careers_page_view", "careers_page_view"))
+        row = {"domain": domain, "tier": "tier_1", "owner": f"kai.{tag}@ours.example"}
+        at(t + 2 * HOUR, partial(Import, [row]))
+        at(t + 3 * HOUR, one(p, "demo_request"))
+
         # Merges: an anonymous visitor browses, then identifies on a form, then is hot.
         for i, domain in enumerate(("tyrell.ai", "globex.com")):
             p = Person(f"anon.{tag}{i}@{domain}", "Head of Data", "website", f"v-{tag}{i}", False)
@@ -390,11 +417,11 @@ class Generator:
                 t = base + 2 * DAY + d * HOUR + j * 3 * HOUR
                 at(t, one(p, "pricing_page_view", "content_download"))
 
-        # Daily caps: 14 hot inbound leads in one day, more than the members' caps allow
+        # Daily caps: 15 hot inbound leads in one day, more than the members' caps allow
         # under either version; the last get the team's fixed (overflow) assignee.
         day = base + 4 * DAY
-        for j in range(14):
-            domain = ("vandelay.com", "wonka.io", "tyrell.ai", "pied.io")[j % 4]
+        for j in range(15):
+            domain = ("vandelay.com", "wonka.io", "tyrell.ai")[j % 3]  # never in the ABM list
             p = Person(f"rush{j}.{tag}@{domain}", "VP Marketing", src[j % len(src)])
             at(day + 8 * HOUR + j * 40 * MINUTE, one(p, "pricing_page_view", "demo_request"))
 
