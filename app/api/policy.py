@@ -1,35 +1,59 @@
-"""The policy: the active version, its history, and a new version (or its dry run)."""
+"""The policy: the active version, its history, and a new version (or its dry run, or a
+shadow run beside the one in force: app.api.shadow); a stored version made active again.
+
+A dry run re-scores recent leads under both policies (``band_changes``) and replays the
+last week of recorded batches (at most ``DRY_RUN_MAX_EVENTS`` events, the newest) under the
+candidate and under the versions then in force, both from an empty state, for a decision
+diff; it waits for that replay up to ``DRY_RUN_WAIT_SECONDS`` and otherwise names the job.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import math
+import time
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.api import shadow
 from app.api.body import ADMIN_JSON, BODY_ERRORS, MAX_POLICY_BODY, YAML, RequestBody
 from app.api.deps import PolicyDep, RuntimeDep, SessionDep, after_commit
+from app.api.replays import job_row
 from app.api.views import ERRORS
 from app.auth import AdminKey, ReadKey
 from app.clock import iso
-from app.db import policies
-from app.errors import Conflict, NotFound
+from app.db import batches, events, policies
+from app.errors import Conflict, InvalidInput, NotFound, error_responses
 from app.policy.bounded import MAX_DOCUMENT_BYTES
 from app.policy.impact.dry_run import band_changes
+from app.policy.impact.jobs import create_job
 from app.policy.schema import CompiledPolicy, PolicyDoc
 from app.policy.store import (
+    PROPOSED,
+    PolicyUnloadable,
     in_force_version,
+    load_document,
     save_version,
     shown_status,
+    storable,
     stored_size,
     validate_or_raise,
 )
 from app.runtime.service import Runtime
 
 router = APIRouter()
+router.include_router(shadow.router)  # GET and DELETE /v1/policy/shadow
+
+DRY_RUN_WINDOW_SECONDS = 7 * 86400.0
+DRY_RUN_MAX_EVENTS = 50_000
+DRY_RUN_WAIT_SECONDS = 10.0
+CONFLICTS = {**ERRORS, **error_responses(409)}
 
 
 class PolicyVersionView(BaseModel):
@@ -57,6 +81,12 @@ class PolicyVersions(BaseModel):
     versions: list[PolicyVersionView]
 
 
+class DryRunReplay(BaseModel):
+    id: str
+    url: str = Field(description="GET it for the progress and, once done, the diff")
+    status: str = Field(description="queued | running | done | failed")
+
+
 class DryRun(BaseModel):
     valid: bool
     would_be_version: int
@@ -64,6 +94,13 @@ class DryRun(BaseModel):
     leads_evaluated: int
     band_changes: dict[str, int]
     examples: list[dict[str, Any]]
+    decision_diff: dict[str, Any] | None = Field(
+        description="the last 7 days of recorded batches (at most the newest 50,000 events) "
+        "replayed from an empty state under the candidate and under the versions then in "
+        "force: what the candidate decides differently (the shape of GET /v1/replays/{id}'s "
+        "diff); null when the replay was not done within 10 s (poll `replay.url`)"
+    )
+    replay: DryRunReplay
 
 
 def _version_view(r: Any, in_force: int | None, runtime: Runtime) -> dict[str, Any]:
@@ -209,12 +246,66 @@ POLICY_BODY = RequestBody(
 )
 
 
+async def dry_run_since(session: AsyncSession, now: float) -> float:
+    """The start of a dry run's window: a week back, later if that holds more than
+    ``DRY_RUN_MAX_EVENTS`` events (then just after the batch of the newest event past the
+    cap, so that the window holds at most that many)."""
+    since = now - DRY_RUN_WINDOW_SECONDS
+    past = (
+        await session.execute(
+            select(batches.c.at)
+            .join(events, events.c.batch_id == batches.c.id)
+            .order_by(events.c.batch_id.desc())
+            .offset(DRY_RUN_MAX_EVENTS)
+            .limit(1)
+        )
+    ).scalar()
+    if past is not None:
+        since = max(since, math.nextafter(past, math.inf))
+    return since
+
+
+async def dry_run_replay(
+    runtime: Runtime, doc: PolicyDoc, *, created_by: str, now: float
+) -> tuple[dict[str, Any] | None, DryRunReplay]:
+    """Queue the dry run's replay, committed at once (in a transaction of its own, not the
+    request's: the replay process must see it) and wait for it up to
+    ``DRY_RUN_WAIT_SECONDS``; its diff (``None`` if not done by then) and the job."""
+    document, _ = storable(doc, 0)
+    async with runtime.sessionmaker.begin() as session:
+        job_id = await create_job(
+            session,
+            kind="dry_run",
+            version=None,
+            document=document,
+            since=await dry_run_since(session, now),
+            until=None,
+            start="empty",
+            examples=5,
+            created_by=created_by,
+            now=now,
+        )
+    runtime.replays.poke()
+    deadline = time.monotonic() + DRY_RUN_WAIT_SECONDS
+    while True:
+        async with runtime.sessionmaker() as session:
+            row = await job_row(session, job_id)
+        if row.status in ("done", "failed") or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(0.1)
+    job = DryRunReplay(id=job_id, url=f"/v1/replays/{job_id}", status=row.status)
+    done = row.status == "done" and row.result is not None
+    return (orjson.loads(row.result) if done else None), job
+
+
 @router.put(
     "/v1/policy",
     operation_id="putPolicy",
-    summary="Validate and apply a new policy version (or preview it with dry_run=true)",
-    response_model=PolicyView | DryRun,
-    responses=BODY_ERRORS,
+    status_code=200,
+    summary="Validate and apply a new policy version (or preview it with dry_run=true, or run "
+    "it beside the one in force with mode=shadow)",
+    response_model=PolicyView | DryRun | shadow.ShadowView,
+    responses={**BODY_ERRORS, **error_responses(409)},
 )
 async def put_policy(
     key: AdminKey,
@@ -222,14 +313,30 @@ async def put_policy(
     session: SessionDep,
     runtime: RuntimeDep,
     policy: PolicyDep,
+    response: Response,
     dry_run: bool = False,
+    mode: Annotated[
+        Literal["apply", "shadow"],
+        Query(
+            description="shadow: run the policy beside the one in force (202; GET "
+            "/v1/policy/shadow), recording its decisions and delivering none"
+        ),
+    ] = "apply",
     comment: Annotated[str | None, Query(max_length=500)] = None,
-) -> PolicyView | DryRun:
+) -> PolicyView | DryRun | shadow.ShadowView:
     doc = upload.doc
     now = runtime.clock.now()
+    if mode == "shadow":
+        if dry_run:
+            raise InvalidInput("dry_run: not with mode=shadow", field="dry_run")
+        row = await shadow.start_shadow(session, doc, created_by=key.name, now=now)
+        after_commit(session, runtime.replays.poke)
+        response.status_code = 202
+        return shadow.shadow_view(row)
     if dry_run:
         candidate = CompiledPolicy(policy.version + 1, doc)
         n, changes, examples = await band_changes(session, policy, candidate, now)
+        decided, job = await dry_run_replay(runtime, doc, created_by=key.name, now=now)
         return DryRun(
             valid=True,
             would_be_version=policy.version + 1,
@@ -237,12 +344,93 @@ async def put_policy(
             leads_evaluated=n,
             band_changes=changes,
             examples=examples,
+            decision_diff=decided,
+            replay=job,
         )
     compiled = await save_version(
         session, doc, source_text=upload.text, created_by=key.name, now=now, comment=comment
     )
+    return await _in_force_now(session, runtime, compiled)
+
+
+async def _in_force_now(
+    session: AsyncSession, runtime: Runtime, compiled: CompiledPolicy
+) -> PolicyView:
+    """The version just saved, put in force once the request commits; its view."""
     after_commit(session, lambda: runtime.set_policy(compiled))
     row = (
         await session.execute(select(policies).where(policies.c.version == compiled.version))
     ).one()
     return _policy_view(row, compiled.version, runtime)
+
+
+@router.post(
+    "/v1/policy/shadow/promote",
+    operation_id="promoteShadowPolicy",
+    summary="Make the shadow policy the next version, in force at once",
+    response_model=PolicyView,
+    responses=CONFLICTS,
+)
+async def promote_shadow(key: AdminKey, session: SessionDep, runtime: RuntimeDep) -> PolicyView:
+    row = await shadow.end_shadow(session, "promoted")
+    try:
+        candidate = load_document(0, row.policy_text or "")
+    except PolicyUnloadable as exc:
+        raise Conflict(
+            f"shadow {row.id}'s policy does not load: {exc.reason}", code="policy_unloadable"
+        ) from None
+    compiled = await save_version(
+        session,
+        candidate.doc,
+        source_text=None,
+        created_by=key.name,
+        now=runtime.clock.now(),
+        comment=f"promoted from shadow {row.id}",
+    )
+    return await _in_force_now(session, runtime, compiled)
+
+
+@router.post(
+    "/v1/policy/versions/{version}/activate",
+    operation_id="activatePolicyVersion",
+    summary="Put a stored version in force again (recorded as a new version)",
+    response_model=PolicyView,
+    responses=CONFLICTS,
+)
+async def activate_version(
+    key: AdminKey,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    version: Annotated[int, Path(ge=1)],
+) -> PolicyView:
+    """Version ``version``'s stored document becomes the next version (comment "rollback to
+    version N"; for a calibration proposal "activate proposed version N"), in force at once.
+    The version list keeps the history: the new one ``active``, the others ``superseded``."""
+    size = await stored_size(session, version)
+    if size is None:
+        raise NotFound(
+            f"no policy version {version}", code="policy_version_not_found", field="version"
+        )
+    if size > MAX_DOCUMENT_BYTES:  # not fetched: a hand-written row can be gigabytes
+        raise _cannot_show(version, f"over {MAX_DOCUMENT_BYTES} bytes")
+    row = (await session.execute(select(policies).where(policies.c.version == version))).one()
+    try:
+        stored = load_document(version, row.document)
+    except PolicyUnloadable as exc:
+        raise Conflict(
+            f"policy version {version} cannot be activated: {exc.reason}",
+            code="policy_unloadable",
+            field="version",
+        ) from None
+    proposed = row.status == PROPOSED
+    compiled = await save_version(
+        session,
+        stored.doc,
+        source_text=row.source_text,
+        created_by=key.name,
+        now=runtime.clock.now(),
+        comment=f"activate proposed version {version}"
+        if proposed
+        else f"rollback to version {version}",
+    )
+    return await _in_force_now(session, runtime, compiled)
