@@ -52,7 +52,8 @@ KINDS = (
 )
 ACTUAL = text(
     "SELECT d.type, d.lead_id, d.account_domain, d.rule, d.team, d.assignee, d.band, d.tier,"
-    " d.source, d.trigger_event_id, d.created_at FROM decisions d JOIN batches b ON b.id = d.batch_id"
+    " d.source, d.trigger_event_id, d.created_at"
+    " FROM decisions d JOIN batches b ON b.id = d.batch_id"
     " WHERE b.at >= :since AND b.at < :until ORDER BY d.batch_id, d.batch_pos"
 )
 NO_END = 1e12
@@ -124,6 +125,10 @@ def only_unchanged(diff: dict[str, Any], n: int) -> None:
     assert diff["decisions"] == {"baseline": n, "candidate": n}, diff["decisions"]
     assert diff["counts"] == {"unchanged": n, **dict.fromkeys(KINDS, 0)}, diff["counts"]
     assert all(not diff["examples"].get(k) for k in KINDS), diff["examples"]
+    for breakdown in ("by_source", "by_tier"):  # every part unchanged, adding up to n
+        parts = diff[breakdown].values()
+        assert all(set(c) == {"unchanged"} for c in parts), diff[breakdown]
+        assert sum(c["unchanged"] for c in parts) == n, diff[breakdown]
 
 
 def first_difference(a: list[Any], b: list[Any]) -> str:
@@ -401,6 +406,8 @@ async def test_raising_pricing_page_view_to_25_newly_routes_exactly_the_computed
     changed = [k for k in KINDS if k.startswith("changed_")]
     assert {k: diff["counts"][k] for k in changed} == dict.fromkeys(changed, 0), diff["counts"]
     assert diff["decisions"] == {"baseline": len(now_routed), "candidate": len(then_routed)}
+    assert diff["by_source"]["g2"]["newly_routed"] == len(newly), diff["by_source"]
+    assert diff["by_tier"]["none"]["newly_routed"] == len(newly), diff["by_tier"]
     complete(job)
 
 

@@ -47,18 +47,16 @@ ACCOUNTS: list[tuple[str, str | None, str | None, str, int, str, float]] = [
     ("cyberdyne.net", None, None, "healthcare", 2200, "AU", 1.2e8),
     ("pied.io", None, None, "internet", 350, "IE", 1.1e7),
 ]
+ABM_FIELDS = ("domain", "tier", "owner", "industry", "employees", "country", "annual_revenue")
+ACCOUNT_OF = {a[0]: a for a in ACCOUNTS}
+# Background traffic's signals, by weight.
+# fmt: off
 BACKGROUND_TYPES = {
-    "site_visit": 30,
-    "pricing_page_view": 14,
-    "content_download": 10,
-    "email_open": 10,
-    "email_click": 8,
-    "chat_message": 6,
-    "form_submission": 4,
-    "demo_request": 4,
-    "meeting_booked": 2,
-    "careers_page_view": 3,
+    "site_visit": 30, "pricing_page_view": 14, "content_download": 10, "email_open": 10,
+    "email_click": 8, "chat_message": 6, "form_submission": 4, "demo_request": 4,
+    "meeting_booked": 2, "careers_page_view": 3,
 }
+# fmt: on
 
 
 @dataclass
@@ -171,17 +169,10 @@ class Generator:
         if p.identified and not p.introduced:
             p.introduced = True
             extra["title"] = p.title
-            domain = p.email.split("@")[1]
-            acct = next((a for a in ACCOUNTS if a[0] == domain), None)
-            if acct is not None and acct[1] is None:
-                _, _, _, industry, employees, country, revenue = acct
-                extra["account"] = {
-                    "domain": domain,
-                    "industry": industry,
-                    "employees": employees,
-                    "country": country,
-                    "annual_revenue": revenue,
-                }
+            row = dict(zip(ABM_FIELDS, ACCOUNT_OF.get(p.email.split("@")[1], ()), strict=False))
+            if row and row.pop("tier") is None:  # outside the ABM list: the event says
+                row.pop("owner")
+                extra["account"] = row
         return event(f"h{self.n:05d}", type_, t, source=p.source, **who, **extra)
 
     async def post(self, events: list[Any]) -> None:
@@ -255,12 +246,7 @@ class Generator:
     async def setup(self) -> int:
         """The ABM list (tiers, owners, attributes) and the first policy: teams with members,
         a daily cap on the inbound team."""
-        rows = [
-            {"domain": d, "name": d.split(".")[0].title(), "tier": tier, "owner": owner}
-            | {"industry": ind, "employees": emp, "country": c, "annual_revenue": rev}
-            for d, tier, owner, ind, emp, c, rev in ACCOUNTS
-            if tier is not None
-        ]
+        rows = [dict(zip(ABM_FIELDS, a, strict=True)) for a in ACCOUNTS if a[1] is not None]
         r = await self.svc.client.put("/v1/accounts", json={"accounts": rows})
         assert r.status_code == 200, r.text
 
