@@ -197,7 +197,9 @@ class Generator:
     # -- the run -------------------------------------------------------------------------
 
     async def run(self, days: int) -> Summary:
-        self.clock.advance(-self.clock.now() % 1)  # whole seconds: readable times
+        # From the next UTC midnight: daily caps count per UTC day, so the history must not
+        # depend on the time of day the test runs at.
+        self.clock.advance(-self.clock.now() % DAY)
         self.t0 = self.clock.now()
         start_suppressed = mid_suppressed = await self.suppressed_total()
         versions = [await self.setup()]
