@@ -20,6 +20,10 @@ T. CPU µs per webhook of the dispatcher's HTTP transport (``bench.transport_cpu
 D. delivery throughput with a dead endpoint (``bench.delivery_phase``): 9 healthy
    destinations, then the same plus one that never answers, each run on a fresh service
    (``--only delivery`` runs just this phase).
+S. after phase 4, on its service: phase 4's mix without, with, with and without a shadow
+   policy running (``bench.shadow_phase``; ``--only shadow``).
+R. the replay rate: a 1,000,000-event history on a fresh service, replayed whole by the
+   service's replay process, twice (``bench.replay_phase``; ``--only replay``).
 
 Then, when a Kafka broker is available (see ``bench.kafka_tools``), Kafka mode — the
 service with ``INTENT_KAFKA_BOOTSTRAP`` set, still on an embedded SQLite database, with a
@@ -68,6 +72,8 @@ from bench import (
     kafka_tools,
     latency_phases,
     profile,
+    replay_phase,
+    shadow_phase,
     traffic,
     transport_phase,
 )
@@ -97,10 +103,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--delivery-seconds", type=float, default=70.0, help="phase D, per run")
     p.add_argument(
         "--only",
-        choices=("delivery", "latency", "kafka", "transport"),
+        choices=("delivery", "latency", "kafka", "replay", "shadow", "transport"),
         help="run only this phase (latency: phases 3 and 4, event → webhook; kafka: 5-7b; "
-        "transport: T, CPU per webhook)",
+        "transport: T, CPU per webhook; replay: R; shadow: S)",
     )
+    replay_phase.add_args(p)
     p.add_argument("--no-kafka", action="store_true", help="skip the Kafka phases")
     p.add_argument("--kafka-raw-events", type=int, default=200_000, help="phase 5 messages")
     p.add_argument("--kafka-events", type=int, default=100_000, help="phase 6 backlog")
@@ -135,8 +142,8 @@ async def run(b: Bench) -> int:
     """Every phase in order (or the one ``--only`` names); the exit code."""
     only = b.args.only
     try:
-        if only == "transport":  # measures against a receiver of its own
-            await transport_phase.run(b)
+        if only in ("replay", "transport"):  # their own service / receiver
+            await (replay_phase.run(b) if only == "replay" else transport_phase.run(b))
             b.summary.print()
             return 1 if b.summary.failed else 0
         if only in ("delivery", "kafka"):  # phases with services of their own
@@ -147,17 +154,21 @@ async def run(b: Bench) -> int:
             return 1 if b.summary.failed else 0
         bodies = await b.start()
         await b.setup()
-        if only != "latency":
+        if only not in ("latency", "shadow"):
             await ingest_phases.batch_ingest(b, bodies)
             del bodies
             await ingest_phases.single_ingest(b)
-        await latency_phases.every_event_routed(b)
-        await latency_phases.realistic_mix(b)
+        if only != "shadow":
+            await latency_phases.every_event_routed(b)
+            await latency_phases.realistic_mix(b)
+        if only in (None, "shadow"):
+            await shadow_phase.run(b)
         header("Embedded-mode service: shutdown")
         await b.stop_service()
-        if only != "latency":
+        if only not in ("latency", "shadow"):
             await transport_phase.run(b)
             await delivery_phase.run(b)
+            await replay_phase.run(b)
             if not b.args.no_kafka:
                 await kafka_phases.run(b)
         b.summary.print()
