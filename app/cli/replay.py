@@ -83,6 +83,7 @@ def replay(
         "window": window,
         "start": start,
         "examples": examples,
+        "as_json": as_json,
     }
     view = on_db(settings, lambda engine: _inline(engine, params), as_json)
     if view["status"] == "failed":
@@ -108,7 +109,11 @@ async def _inline(engine: AsyncEngine, p: dict[str, Any]) -> dict[str, Any]:
     live = make_sessionmaker(engine)
     async with live() as session, session.begin():
         if p["version"] is not None and await stored_size(session, p["version"]) is None:
-            fail(f"no policy version {p['version']}", code="policy_version_not_found")
+            fail(
+                f"no policy version {p['version']}",
+                code="policy_version_not_found",
+                as_json=p["as_json"],
+            )
         job_id = await create_job(
             session,
             kind="replay",
@@ -120,6 +125,7 @@ async def _inline(engine: AsyncEngine, p: dict[str, Any]) -> dict[str, Any]:
             examples=p["examples"],
             created_by="cli",
             now=time.time(),
+            owner=_owner(),  # run here: no service's launcher takes it meanwhile
         )
     with progress(1, "replaying") as show:
 

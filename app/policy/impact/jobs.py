@@ -51,15 +51,19 @@ async def create_job(
     examples: int,
     created_by: str | None,
     now: float,
+    owner: str | None = None,
 ) -> str:
-    """A queued job; its end is the newest batch now (a shadow's window starts after it)."""
+    """A queued job; its end is the newest batch now (a shadow's window starts after it).
+    With ``owner`` it is made already claimed by that process (the CLI runs it itself)."""
     job_id = new_id("rpl", now)
     last = (await session.execute(select(func.max(batches.c.id)))).scalar()
     await session.execute(
         insert(replays).values(
             id=job_id,
             kind=kind,
-            status="queued",
+            status="queued" if owner is None else "running",
+            owner=owner,
+            lease_until=None if owner is None else time.time() + LEASE_SECONDS,
             policy_version=version,
             policy_text=document,
             since=since,
