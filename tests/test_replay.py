@@ -73,7 +73,7 @@ async def replay(svc: Service, body: dict[str, Any]) -> dict[str, Any]:
         got = await svc.client.get(f"/v1/replays/{job_id}")
         assert got.status_code == 200, got.text
         job: dict[str, Any] = got.json()
-        assert job["status"] != "failed", job
+        assert job["status"] != "failed", f"replay failed: {job['error']}"
         return job if job["status"] == "done" else None
 
     job: dict[str, Any] = await eventually(finished, within=180)
