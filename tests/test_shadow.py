@@ -20,6 +20,7 @@ import pytest
 import yaml
 from sqlalchemy import func, select
 
+from app.api import policy as policy_api
 from app.clock import FakeClock
 from app.db import decisions, deliveries, replay_decisions
 from tests.support.harness import Receiver, Service, event, eventually
@@ -351,3 +352,25 @@ async def test_shadow_shows_a_lead_no_longer_routed(svc: Service, clock: FakeClo
     seen = await eventually(diffed, within=20)
     [example] = seen["diff"]["examples"]["no_longer_routed"]
     assert example["lead_id"] == "cy@globex.com" and example["candidate"] is None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="app/runtime/replays.py ReplayLauncher (lead's slice): one child per replica, and "
+    "a shadow's never ends while it runs, so a dry run (or a replay) stays queued until the "
+    "shadow is promoted or discarded",
+)
+async def test_a_dry_run_beside_a_running_shadow_gets_its_diff(
+    svc: Service, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(policy_api, "DRY_RUN_WAIT_SECONDS", 30.0)
+    await post(svc, [demo("ann", clock.now())])
+    await live_routed(svc, "ann@globex.com")
+    candidate = await candidate_policy(svc)
+    await start_shadow(svc, candidate)
+    await caught_up(svc)
+    r = await svc.client.put("/v1/policy", params={"dry_run": "true"}, json=candidate)
+    assert r.status_code == 200, r.text
+    dry = r.json()
+    assert dry["replay"]["status"] == "done", dry["replay"]
+    assert dry["decision_diff"]["counts"]["newly_routed"] == 1
