@@ -305,7 +305,11 @@ async def dry_run_replay(
     summary="Validate and apply a new policy version (or preview it with dry_run=true, or run "
     "it beside the one in force with mode=shadow)",
     response_model=PolicyView | DryRun | shadow.ShadowView,
-    responses={**BODY_ERRORS, **error_responses(409)},
+    responses={
+        **BODY_ERRORS,
+        **error_responses(409),
+        202: {"model": shadow.ShadowView, "description": "mode=shadow: the shadow, queued"},
+    },
 )
 async def put_policy(
     key: AdminKey,
