@@ -32,15 +32,20 @@ def _child_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+# Two slots per replica: a shadow policy follows the live batches for as long as it runs,
+# so it has one of its own and replays and dry runs are never queued behind it.
+SLOTS = ("shadow", "jobs")
+
+
 class ReplayLauncher:
-    """Claims replay jobs and runs each in a child process, one at a time per replica."""
+    """Claims replay jobs and runs each in a child process: per replica one shadow policy
+    and one other job (a replay or a dry run) at a time."""
 
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings) -> None:
         self._sessions = sessionmaker
         self._settings = settings
         self._owner = f"{socket.gethostname()}:{os.getpid()}"
-        self._child: asyncio.subprocess.Process | None = None
-        self._job: str | None = None
+        self._children: dict[str, tuple[asyncio.subprocess.Process, str]] = {}
         self._wake = asyncio.Event()
 
     def poke(self) -> None:
@@ -48,23 +53,25 @@ class ReplayLauncher:
         self._wake.set()
 
     async def tick(self) -> None:
-        if self._child is not None:
-            if self._child.returncode is None:
-                return
-            await self._reap()
-        job_id = await self._claim()
-        if job_id is not None:
-            self._job = job_id
-            self._child = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "app.cli",
-                "replay",
-                "--job",
-                job_id,
-                env=_child_env(self._settings),
-                stdin=asyncio.subprocess.DEVNULL,
-            )
+        for slot in SLOTS:
+            running = self._children.get(slot)
+            if running is not None:
+                if running[0].returncode is None:
+                    continue
+                await self._reap(slot)
+            job_id = await self._claim(slot)
+            if job_id is not None:
+                child = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "app.cli",
+                    "replay",
+                    "--job",
+                    job_id,
+                    env=_child_env(self._settings),
+                    stdin=asyncio.subprocess.DEVNULL,
+                )
+                self._children[slot] = (child, job_id)
 
     async def run(self, every: float = 1.0) -> None:
         while True:
@@ -78,18 +85,18 @@ class ReplayLauncher:
             except TimeoutError:
                 pass
 
-    async def _claim(self) -> str | None:
+    async def _claim(self, slot: str) -> str | None:
         now = time.time()
+        kind = replays.c.kind == "shadow" if slot == "shadow" else replays.c.kind != "shadow"
+        claimable = or_(
+            replays.c.status == "queued",
+            (replays.c.status == "running") & (replays.c.lease_until < now),
+        )
         async with self._sessions() as session, session.begin():
             job_id = (
                 await session.execute(
                     select(replays.c.id)
-                    .where(
-                        or_(
-                            replays.c.status == "queued",
-                            (replays.c.status == "running") & (replays.c.lease_until < now),
-                        )
-                    )
+                    .where(kind, claimable)
                     .order_by(replays.c.created_at)
                     .limit(1)
                 )
@@ -98,39 +105,37 @@ class ReplayLauncher:
                 return None
             won = await session.execute(
                 update(replays)
-                .where(
-                    replays.c.id == job_id,
-                    or_(replays.c.status == "queued", replays.c.lease_until < now),
-                )
+                .where(replays.c.id == job_id, claimable)
                 .values(status="running", owner=self._owner, lease_until=now + LEASE_SECONDS)
             )
             return job_id if won.rowcount else None  # type: ignore[attr-defined]
 
-    async def _reap(self) -> None:
+    async def _reap(self, slot: str) -> None:
         """The child ended: a job it left running (it crashed) is marked failed."""
-        assert self._child is not None
-        code = self._child.returncode
-        if code:
+        child, job_id = self._children.pop(slot)
+        if child.returncode:
             async with self._sessions() as session, session.begin():
                 await session.execute(
                     update(replays)
-                    .where(replays.c.id == self._job, replays.c.status == "running")
+                    .where(replays.c.id == job_id, replays.c.status == "running")
                     .values(
                         status="failed",
-                        error=f"the replay process exited with {code}",
+                        error=f"the replay process exited with {child.returncode}",
                         finished_at=time.time(),
                         lease_until=None,
                     )
                 )
-        self._child, self._job = None, None
 
     async def stop(self) -> None:
-        """Stop the child; its job's lease runs out and it is claimed again (from scratch)."""
-        if self._child is not None and self._child.returncode is None:
-            self._child.terminate()
+        """Stop the children; their jobs' leases run out and they are claimed again (and
+        start over)."""
+        for child, _ in self._children.values():
+            if child.returncode is None:
+                child.terminate()
+        for child, _ in self._children.values():
             try:
-                await asyncio.wait_for(self._child.wait(), timeout=5)
+                await asyncio.wait_for(child.wait(), timeout=5)
             except TimeoutError:
-                self._child.kill()
-                await self._child.wait()
-        self._child = None
+                child.kill()
+                await child.wait()
+        self._children.clear()

@@ -139,6 +139,7 @@ class Runner:
         self._on_progress = on_progress
         self.made: dict[str, list[Replayed]] = {"candidate": [], "baseline": []}
         self._diffed = 0.0
+        self._applied: int | None = None  # the newest batch the lanes have applied
 
     async def sink(self, made: list[Replayed]) -> None:
         rows = []
@@ -165,6 +166,7 @@ class Runner:
 
     async def follow(self, progress: Progress) -> bool:
         """A shadow: keep following while it is running; the diff rewritten now and then."""
+        self._applied = progress.last_batch
         async with self.live() as session:
             status = (
                 await session.execute(select(replays.c.status).where(replays.c.id == self.row.id))
@@ -183,8 +185,9 @@ class Runner:
         if self.row.start == "empty":
             baseline, kind = self.made["baseline"], "recorded_versions"
         else:
-            seen = max((d.batch_id or 0 for d in self.made["candidate"]), default=None)
-            upto = None if self.row.kind != "shadow" else (seen or self.row.cursor)
+            # A shadow compares what both decided up to the newest batch it has applied
+            # (live batches after it are still to come), whether it decided there or not.
+            upto = None if self.row.kind != "shadow" else (self._applied or self.row.cursor)
             baseline, kind = await actual_decisions(self.live, spec, upto=upto), "actual"
         return diff(
             baseline, self.made["candidate"], baseline_kind=kind, examples=self.row.examples
@@ -232,6 +235,7 @@ async def execute(
         spec = await spec_of(live, row)
         follow = runner.follow if row.kind == "shadow" else None
         progress = await run(live, spec, sink=runner.sink, report=runner.report, follow=follow)
+        runner._applied = progress.last_batch
         result = await runner.diff()
     except Exception as exc:
         log.exception("replay %s failed", job_id)

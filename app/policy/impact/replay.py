@@ -95,6 +95,7 @@ class Progress:
     events_total: int = 0
     events_unreadable: int = 0
     decisions: int = 0
+    last_batch: int | None = None  # the newest batch applied (a shadow's diff goes to it)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -378,6 +379,7 @@ async def _run(
         live, after=after, upto=spec.last_batch, until=spec.until, progress=progress
     ):
         after = batch.id if batch.id is not None else after
+        progress.last_batch = after
         progress.batches_done += 1
         if batch.accounts is not None:  # an import: the same in every lane, at any time
             for lane in lanes:
