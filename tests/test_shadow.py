@@ -7,12 +7,15 @@
   next version and the next event scores under it.
 - Discarded, its process stops: its progress and decisions no longer move while the live
   service goes on.
-- One shadow at a time (409), none to promote or discard (409), none ever (404), a bad
-  candidate named by its path (422), admin only (403).
+- A live decision the candidate does not make shows as no longer routed; a dry run is not
+  queued behind a running shadow (the launcher gives shadows a slot of their own).
+- One shadow at a time (409), also when six start at once; none to promote or discard
+  (409), none ever (404), a bad candidate named by its path (422), admin only (403).
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from typing import Any
 
@@ -22,7 +25,7 @@ from sqlalchemy import func, select
 
 from app.api import policy as policy_api
 from app.clock import FakeClock
-from app.db import decisions, deliveries, replay_decisions
+from app.db import decisions, deliveries, replay_decisions, replays
 from tests.support.harness import Receiver, Service, event, eventually
 from tests.support.scenarios import lead, new_key, setup_crm
 
@@ -259,6 +262,28 @@ async def test_discarded_shadow_stops_following(
     assert r.status_code == 200 and r.json()["id"] == second["id"], r.text
 
 
+async def test_one_shadow_when_several_start_at_once(svc: Service) -> None:
+    policy = await candidate_policy(svc)
+    for _ in range(3):
+        answers = await asyncio.gather(
+            *(
+                svc.client.put("/v1/policy", params={"mode": "shadow"}, json=policy)
+                for _ in range(6)
+            )
+        )
+        codes = sorted(r.status_code for r in answers)
+        assert codes == [202] + [409] * 5, [r.text for r in answers]
+        async with svc.runtime.sessionmaker() as s:
+            n = await s.scalar(
+                select(func.count())
+                .select_from(replays)
+                .where(replays.c.kind == "shadow", replays.c.status.in_(("queued", "running")))
+            )
+        assert n == 1
+        r = await svc.client.delete("/v1/policy/shadow")
+        assert r.status_code == 200, r.text
+
+
 def error(r: Any, status: int, code: str) -> dict[str, Any]:
     assert r.status_code == status, r.text
     body: dict[str, Any] = r.json()
@@ -328,12 +353,6 @@ async def test_shadow_conflicts_and_refusals(svc: Service) -> None:
     assert (await shadow(svc))["status"] == "discarded"  # the latest, when none runs
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app/policy/impact/jobs.py Runner.diff (lead's slice): a shadow's baseline stops at "
-    "the newest batch in which the candidate decided something, so a live decision the "
-    "candidate does not make is missing until the candidate decides again",
-)
 async def test_shadow_shows_a_lead_no_longer_routed(svc: Service, clock: FakeClock) -> None:
     await post(svc, hot("bo", clock.now()))
     await live_routed(svc, "bo@globex.com")
@@ -354,12 +373,6 @@ async def test_shadow_shows_a_lead_no_longer_routed(svc: Service, clock: FakeClo
     assert example["lead_id"] == "cy@globex.com" and example["candidate"] is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app/runtime/replays.py ReplayLauncher (lead's slice): one child per replica, and "
-    "a shadow's never ends while it runs, so a dry run (or a replay) stays queued until the "
-    "shadow is promoted or discarded",
-)
 async def test_a_dry_run_beside_a_running_shadow_gets_its_diff(
     svc: Service, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

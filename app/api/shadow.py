@@ -16,14 +16,14 @@ from typing import Any
 
 from fastapi import APIRouter
 from pydantic import Field
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.deps import SessionDep
 from app.api.read import ERRORS
 from app.api.replays import ReplayView, job_row
 from app.auth import AdminKey, ReadKey
-from app.db import replays
+from app.db import dialect_of, replays
 from app.errors import Conflict, NotFound, error_responses
 from app.policy.impact.jobs import ACTIVE, create_job, job_view
 from app.policy.schema import PolicyDoc
@@ -33,6 +33,7 @@ router = APIRouter()
 
 SHADOW = "shadow"
 SHADOW_EXAMPLES = 5
+SHADOW_LOCK = 0x5AD0  # PostgreSQL advisory lock key: one shadow start at a time
 CONFLICTS = {**ERRORS, **error_responses(409)}
 
 
@@ -60,7 +61,17 @@ async def current_shadow(session: AsyncSession) -> Any:
 async def start_shadow(
     session: AsyncSession, doc: PolicyDoc, *, created_by: str, now: float
 ) -> Any:
-    """Queue ``doc`` as the shadow policy (a 409 when one is queued or running already)."""
+    """Queue ``doc`` as the shadow policy (a 409 when one is queued or running already).
+
+    Two starts at once must not both find none and both queue one: each first takes a lock
+    held until its transaction ends (PostgreSQL: an advisory lock; SQLite: the write lock,
+    by a write that changes nothing), so the second sees the first's shadow."""
+    if dialect_of(session) == "postgresql":
+        await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SHADOW_LOCK})
+    else:
+        await session.execute(
+            update(replays).where(replays.c.id == "").values(status=replays.c.status)
+        )
     running = await current_shadow(session)
     if running is not None:
         raise Conflict(
