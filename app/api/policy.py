@@ -9,9 +9,7 @@ diff; it waits for that replay up to ``DRY_RUN_WAIT_SECONDS`` and otherwise name
 
 from __future__ import annotations
 
-import asyncio
 import math
-import time
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -24,7 +22,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.api import shadow
 from app.api.body import ADMIN_JSON, BODY_ERRORS, MAX_POLICY_BODY, YAML, RequestBody
 from app.api.deps import PolicyDep, RuntimeDep, SessionDep, after_commit
-from app.api.replays import job_row
 from app.api.views import ERRORS
 from app.auth import AdminKey, ReadKey
 from app.clock import iso
@@ -32,7 +29,7 @@ from app.db import batches, events, policies
 from app.errors import Conflict, InvalidInput, NotFound, error_responses
 from app.policy.bounded import MAX_DOCUMENT_BYTES
 from app.policy.impact.dry_run import band_changes
-from app.policy.impact.jobs import create_job
+from app.policy.impact.jobs import queue_and_wait
 from app.policy.schema import CompiledPolicy, PolicyDoc
 from app.policy.store import (
     PROPOSED,
@@ -266,34 +263,27 @@ async def dry_run_since(session: AsyncSession, now: float) -> float:
 
 
 async def dry_run_replay(
-    runtime: Runtime, doc: PolicyDoc, *, created_by: str, now: float
+    runtime: Runtime, session: AsyncSession, doc: PolicyDoc, *, created_by: str, now: float
 ) -> tuple[dict[str, Any] | None, DryRunReplay]:
-    """Queue the dry run's replay, committed at once (in a transaction of its own, not the
-    request's: the replay process must see it) and wait for it up to
-    ``DRY_RUN_WAIT_SECONDS``; its diff (``None`` if not done by then) and the job."""
+    """Queue the dry run's replay (committed in a transaction of its own: the replay process
+    must see it) and wait for it up to ``DRY_RUN_WAIT_SECONDS``; its diff (``None`` if not
+    done by then) and the job."""
     document, _ = storable(doc, 0)
-    async with runtime.sessionmaker.begin() as session:
-        job_id = await create_job(
-            session,
-            kind="dry_run",
-            version=None,
-            document=document,
-            since=await dry_run_since(session, now),
-            until=None,
-            start="empty",
-            examples=5,
-            created_by=created_by,
-            now=now,
-        )
-    runtime.replays.poke()
-    deadline = time.monotonic() + DRY_RUN_WAIT_SECONDS
-    while True:
-        async with runtime.sessionmaker() as session:
-            row = await job_row(session, job_id)
-        if row.status in ("done", "failed") or time.monotonic() >= deadline:
-            break
-        await asyncio.sleep(0.1)
-    job = DryRunReplay(id=job_id, url=f"/v1/replays/{job_id}", status=row.status)
+    row = await queue_and_wait(
+        runtime.sessionmaker,
+        poke=runtime.replays.poke,
+        within=DRY_RUN_WAIT_SECONDS,
+        kind="dry_run",
+        version=None,
+        document=document,
+        since=await dry_run_since(session, now),
+        until=None,
+        start="empty",
+        examples=5,
+        created_by=created_by,
+        now=now,
+    )
+    job = DryRunReplay(id=row.id, url=f"/v1/replays/{row.id}", status=row.status)
     done = row.status == "done" and row.result is not None
     return (orjson.loads(row.result) if done else None), job
 
@@ -340,7 +330,7 @@ async def put_policy(
     if dry_run:
         candidate = CompiledPolicy(policy.version + 1, doc)
         n, changes, examples = await band_changes(session, policy, candidate, now)
-        decided, job = await dry_run_replay(runtime, doc, created_by=key.name, now=now)
+        decided, job = await dry_run_replay(runtime, session, doc, created_by=key.name, now=now)
         return DryRun(
             valid=True,
             would_be_version=policy.version + 1,

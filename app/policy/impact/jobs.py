@@ -11,6 +11,7 @@ first would have.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -77,6 +78,28 @@ async def create_job(
         )
     )
     return job_id
+
+
+async def queue_and_wait(
+    live: async_sessionmaker[AsyncSession],
+    *,
+    poke: Callable[[], None],
+    within: float,
+    **job: Any,
+) -> Any:
+    """Queue a job (``create_job``'s arguments) in a transaction of its own, so that the
+    process that runs it sees it, then wait up to ``within`` seconds for it to end; its row
+    (still queued or running when it took longer)."""
+    async with live.begin() as session:
+        job_id = await create_job(session, **job)
+    poke()
+    deadline = time.monotonic() + within
+    while True:
+        async with live() as session:
+            row = (await session.execute(select(replays).where(replays.c.id == job_id))).one()
+        if row.status in ("done", "failed") or time.monotonic() >= deadline:
+            return row
+        await asyncio.sleep(0.1)
 
 
 def job_view(row: Any) -> dict[str, Any]:
@@ -216,12 +239,10 @@ async def execute(
             raise LookupError(f'no replay "{job_id}"')
         if row.status not in ACTIVE:
             return str(row.status)
-        await session.execute(
-            delete(replay_decisions).where(replay_decisions.c.replay_id == job_id)
-        )
-        await session.execute(
+        # Only while still queued or running: a discard that committed since the read wins.
+        taken: Any = await session.execute(
             update(replays)
-            .where(replays.c.id == job_id)
+            .where(replays.c.id == job_id, replays.c.status.in_(ACTIVE))
             .values(
                 status="running",
                 owner=owner,
@@ -229,6 +250,16 @@ async def execute(
                 lease_until=time.time() + LEASE_SECONDS,
                 error=None,
             )
+        )
+        if not taken.rowcount:  # ended before it ran (a shadow discarded meanwhile)
+            await session.execute(
+                update(replays)
+                .where(replays.c.id == job_id, replays.c.finished_at.is_(None))
+                .values(finished_at=time.time(), lease_until=None)
+            )
+            return "ended"
+        await session.execute(
+            delete(replay_decisions).where(replay_decisions.c.replay_id == job_id)
         )
     runner = Runner(live, row, on_progress)
     try:
