@@ -26,6 +26,7 @@ from app.api import (
     replays,
     reports,
     segment,
+    shadow,
     sources,
 )
 from app.api.errors import install_error_handlers
@@ -51,6 +52,7 @@ ROUTERS: list[tuple[APIRouter, str]] = [
     (decisions.router, "read"),
     (policy.router, "admin"),
     (replays.router, "admin"),
+    (shadow.router, "admin"),
     (accounts.router, "admin"),
     (destinations.router, "admin"),
     (deliveries.router, "admin"),

@@ -45,7 +45,6 @@ from app.policy.store import (
 from app.runtime.service import Runtime
 
 router = APIRouter()
-router.include_router(shadow.router)  # GET and DELETE /v1/policy/shadow
 
 DRY_RUN_WINDOW_SECONDS = 7 * 86400.0
 DRY_RUN_MAX_EVENTS = 50_000
