@@ -25,36 +25,10 @@ from sqlalchemy import insert
 from app.api import policy as policy_api
 from app.clock import FakeClock
 from app.db import policies
-from tests.support.harness import Service, event, eventually
-from tests.support.scenarios import lead, new_key
+from tests.support.harness import Service, eventually
+from tests.support.scenarios import demo, hot, lead, new_key
 
-GLOBEX = {
-    "domain": "globex.com",
-    "industry": "software",
-    "employees": 1200,
-    "country": "US",
-    "annual_revenue": 50_000_000,
-}
 DAY = 86400.0
-
-
-def demo(name: str, t: float) -> dict[str, Any]:
-    """A demo request of a fit-50 lead with no ABM account: 70 under the shipped policy."""
-    return event(
-        f"{name}-demo",
-        "demo_request",
-        t,
-        email=f"{name}@globex.com",
-        title="VP Sales",
-        account=GLOBEX,
-    )
-
-
-def hot(name: str, t: float) -> list[dict[str, Any]]:
-    return [
-        demo(name, t),
-        event(f"{name}-price", "pricing_page_view", t, email=f"{name}@globex.com"),
-    ]
 
 
 async def post_and_score(svc: Service, evs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -26,38 +26,8 @@ from sqlalchemy import func, select
 from app.api import policy as policy_api
 from app.clock import FakeClock
 from app.db import decisions, deliveries, replay_decisions, replays
-from tests.support.harness import Receiver, Service, event, eventually
-from tests.support.scenarios import lead, new_key, setup_crm
-
-# Firmographics of a fit-50 lead (size 10, industry 10, VP title 15, US 10, revenue 5) at a
-# company that is no ABM account: no tier, so no surge, and its hot leads go to hot_inbound.
-GLOBEX = {
-    "domain": "globex.com",
-    "industry": "software",
-    "employees": 1200,
-    "country": "US",
-    "annual_revenue": 50_000_000,
-}
-
-
-def demo(name: str, t: float) -> dict[str, Any]:
-    """One demo request: fit 50 + 20 = 70 under the shipped policy (warm, not routed)."""
-    return event(
-        f"{name}-demo",
-        "demo_request",
-        t,
-        email=f"{name}@globex.com",
-        title="VP Sales",
-        account=GLOBEX,
-    )
-
-
-def hot(name: str, t: float) -> list[dict[str, Any]]:
-    """Demo request and pricing view: 50 + 35 = 85, hot under both policies here."""
-    return [
-        demo(name, t),
-        event(f"{name}-price", "pricing_page_view", t, email=f"{name}@globex.com"),
-    ]
+from tests.support.harness import Receiver, Service, eventually
+from tests.support.scenarios import demo, hot, lead, new_key, setup_crm
 
 
 async def post(svc: Service, evs: list[dict[str, Any]]) -> None:

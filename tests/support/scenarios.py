@@ -44,6 +44,37 @@ async def setup_crm(svc: Service, hook: Receiver, **extra: Any) -> dict[str, Any
     return dest
 
 
+# A fit-50 company that is no ABM account (so the shipped policy's inbound rule takes its
+# hot leads): a VP's demo request alone is 70 (warm), with a pricing view 85 (hot).
+GLOBEX = {
+    "domain": "globex.com",
+    "industry": "software",
+    "employees": 1200,
+    "country": "US",
+    "annual_revenue": 50_000_000,
+}
+
+
+def demo(name: str, t: float) -> dict[str, Any]:
+    """One demo request of a VP at Globex: fit 50 + 20 = 70 under the shipped policy."""
+    return event(
+        f"{name}-demo",
+        "demo_request",
+        t,
+        email=f"{name}@globex.com",
+        title="VP Sales",
+        account=GLOBEX,
+    )
+
+
+def hot(name: str, t: float) -> list[dict[str, Any]]:
+    """Demo request and pricing view: 50 + 35 = 85, hot."""
+    return [
+        demo(name, t),
+        event(f"{name}-price", "pricing_page_view", t, email=f"{name}@globex.com"),
+    ]
+
+
 def hot_events(prefix: str, t: float, email: str = "dana@acme.com") -> list[dict[str, Any]]:
     # fit 50 (size, industry, VP title, US, revenue) + 20 + 15 = 85 → hot
     return [
