@@ -97,6 +97,14 @@ class Shadow:
             await asyncio.sleep(0.2)
 
 
+def niceness(pid: int) -> str:
+    """The scheduling priority the service gave its shadow process (0: the service's)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16]
+    except (OSError, IndexError):
+        return "?"
+
+
 def running(pid: int) -> bool:
     """Whether ``pid`` still runs (a zombie waiting for its parent's reap does not)."""
     try:
@@ -144,7 +152,11 @@ async def run(b: Bench) -> None:
     shadow = Shadow(b)
     await shadow.start()
     waited = await shadow.wait_following()
-    line("shadow warm-up on the history", f"{waited:.1f} s", f"process pid {shadow.pid}")
+    line(
+        "shadow warm-up on the history",
+        f"{waited:.1f} s",
+        f"process pid {shadow.pid}, nice {niceness(shadow.pid) if shadow.pid else '?'}",
+    )
     before = (await shadow.view()).get("progress") or {}
     try:
         runs.append(await measure(b, "shadow (1)", shadow))
