@@ -52,7 +52,10 @@ from app.matching.abm import AccountImport, upsert_accounts
 from app.policy.schema import CompiledPolicy
 from app.policy.store import PolicyUnloadable, load_document
 
-CHUNK_BATCHES = 500  # batches read from the live database per query
+# Batches read from the live database per query: adapted so that a read holds about
+# CHUNK_EVENTS events, whether batches are single events (a hook's) or thousands.
+CHUNK_EVENTS = 20_000
+CHUNK_BATCHES = (4, 2_000)  # the fewest and the most batches per read
 Start = Literal["history", "empty"]
 # What a decision is compared on, in this order (``diff``); created_at is the batch clock.
 DECISION_FIELDS = (
@@ -229,6 +232,7 @@ async def stream(
         async for b in _legacy(live, until, progress):
             yield b
     last = after or 0
+    chunk = 50
     while True:
         async with live() as session:
             q = select(batches).where(batches.c.id > last).order_by(batches.c.id)
@@ -236,7 +240,7 @@ async def stream(
                 q = q.where(batches.c.id <= upto)
             if until is not None:
                 q = q.where(batches.c.at < until)
-            rows = (await session.execute(q.limit(CHUNK_BATCHES))).all()
+            rows = (await session.execute(q.limit(chunk))).all()
             if not rows:
                 return
             found = await session.execute(
@@ -245,8 +249,12 @@ async def stream(
                 .order_by(events.c.batch_id, events.c.batch_pos)
             )
             by_batch: dict[int, list[Any]] = {}
+            n = 0
             for r in found:
                 by_batch.setdefault(r.batch_id, []).append(r)
+                n += 1
+        per_batch = max(n / len(rows), 1.0)
+        chunk = int(min(max(CHUNK_EVENTS / per_batch, CHUNK_BATCHES[0]), CHUNK_BATCHES[1]))
         for row in rows:
             batch = Batch(row.id, row.at, row.policy_version)
             if row.accounts is not None:
